@@ -1,0 +1,70 @@
+"""Baseline for the benchmark: the recipe the ModelArts custom-image spec suggests.
+
+A plain Flask app served by gunicorn with gevent workers:
+
+    gunicorn -k gevent --keep-alive 200 -w 2 -b 127.0.0.1:8080 --chdir /path/to/repo bench.baseline_app:app
+
+It serves the same model with the same preprocessing as maserve, written the idiomatic Flask way
+(no artificial slowness): the ONNX session is created once per worker (gunicorn imports this
+module in each worker after the fork, as there is no --preload), with one intra-op thread.
+
+Environment:
+    BASELINE_MODEL_DIR  folder holding model.onnx and preprocess.py (default: examples/mnist of this repo)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from flask import Flask, jsonify, request
+from PIL import Image, UnidentifiedImageError
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL_DIR = Path(os.environ.get("BASELINE_MODEL_DIR", REPO / "examples" / "mnist")).resolve()
+
+
+def _load_preprocess(model_dir: Path):
+    spec = importlib.util.spec_from_file_location("mnist_preprocess", model_dir / "preprocess.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+preprocess = _load_preprocess(MODEL_DIR)
+
+_options = ort.SessionOptions()
+_options.intra_op_num_threads = 1
+_options.inter_op_num_threads = 1
+session = ort.InferenceSession(
+    str(MODEL_DIR / "model.onnx"), sess_options=_options, providers=["CPUExecutionProvider"]
+)
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+
+app = Flask(__name__)
+
+
+@app.get("/health")
+def health():
+    return jsonify(health="true")
+
+
+@app.post("/")
+def predict():
+    upload = request.files.get("images")
+    if upload is None:
+        return jsonify(error="multipart/form-data field 'images' (a file) is required"), 400
+    try:
+        image = Image.open(upload.stream)
+        image.load()
+        tensor = preprocess.image_to_tensor(image)
+    except preprocess.NoDigitError as exc:
+        return jsonify(error=str(exc)), 400
+    except (UnidentifiedImageError, OSError, ValueError):
+        return jsonify(error="'images' is not a readable image"), 400
+    logits = session.run([OUTPUT_NAME], {INPUT_NAME: tensor})[0]
+    return jsonify(mnist_result=int(np.argmax(logits[0])))

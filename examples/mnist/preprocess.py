@@ -1,0 +1,109 @@
+"""Turn what users upload (photos, scans, canvas drawings) into an MNIST-style 28x28 tensor.
+
+MNIST digits are light ink on black, cropped to the ink, fitted into 20x20 keeping the aspect
+ratio and centred by mass in 28x28. Training (train.py) and serving both go through
+`normalize_ink`, so the model sees exactly what the server feeds it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+SIDE = 28
+BOX = 20
+# Larger uploads are shrunk first: a digit needs no more than this to be read, and it bounds the cost.
+WORK_SIDE = 160
+# Fraction of the brightest ink a pixel needs to count when cropping (ignores paper grain and noise).
+INK_THRESHOLD = 0.3
+# An image whose ink range is below this (out of 255) holds no digit.
+MIN_CONTRAST = 24.0
+
+
+class NoDigitError(ValueError):
+    """The image is blank: there is no ink to read."""
+
+
+def ink_from_image(image: Image.Image) -> np.ndarray:
+    """Return a float32 ink map (ink high, background 0) from any PIL image mode."""
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        alpha = np.asarray(image.getchannel("A"), dtype=np.float32)
+        if alpha.min() < 250.0:
+            # A drawing on a transparent canvas: the alpha channel is where the ink is.
+            return _shrink(alpha)
+    if image.mode not in ("L", "I;16", "I", "F"):
+        image = image.convert("L")
+    elif image.mode != "L":
+        image = _to_8bit(image)
+    if max(image.size) > WORK_SIDE:
+        image = image.copy()
+        image.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.BOX)
+    gray = np.asarray(image, dtype=np.float32)
+    return _polarize(gray)
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    arr = np.asarray(image, dtype=np.float32)
+    lo, hi = float(arr.min()), float(arr.max())
+    scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+    return Image.fromarray(scaled.astype(np.uint8), mode="L")
+
+
+def _shrink(arr: np.ndarray) -> np.ndarray:
+    if max(arr.shape) <= WORK_SIDE:
+        return arr
+    image = Image.fromarray(arr.astype(np.uint8), mode="L")
+    image.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.BOX)
+    return np.asarray(image, dtype=np.float32)
+
+
+def _polarize(gray: np.ndarray) -> np.ndarray:
+    """Make ink bright on a zero background, whichever way round the upload was."""
+    border = np.concatenate((gray[0], gray[-1], gray[:, 0], gray[:, -1]))
+    background = float(np.median(border))
+    if background > 127.0:
+        ink = background - gray  # dark ink on light paper
+    else:
+        ink = gray - background  # light ink on a dark ground
+    return np.clip(ink, 0.0, None)
+
+
+def normalize_ink(ink: np.ndarray) -> np.ndarray:
+    """Crop to the ink, fit into 20x20, centre by mass in 28x28; values in [0, 1]."""
+    peak = float(ink.max())
+    if peak < MIN_CONTRAST:
+        raise NoDigitError("the image holds no visible digit (it is blank or has almost no contrast)")
+    ink = ink / peak
+    mask = ink > INK_THRESHOLD
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    crop = np.where(crop > INK_THRESHOLD * 0.5, crop, 0.0).astype(np.float32)
+
+    height, width = crop.shape
+    scale = BOX / max(height, width)
+    new_h = max(1, round(height * scale))
+    new_w = max(1, round(width * scale))
+    fitted = Image.fromarray(crop, mode="F").resize((new_w, new_h), Image.Resampling.BILINEAR)
+    small = np.clip(np.asarray(fitted, dtype=np.float32), 0.0, 1.0)
+
+    total = float(small.sum())
+    ys, xs = np.indices(small.shape)
+    cy = float((ys * small).sum()) / total if total else new_h / 2
+    cx = float((xs * small).sum()) / total if total else new_w / 2
+    top = int(round(SIDE / 2 - cy))
+    left = int(round(SIDE / 2 - cx))
+    top = min(max(top, 0), SIDE - new_h)
+    left = min(max(left, 0), SIDE - new_w)
+
+    out = np.zeros((SIDE, SIDE), dtype=np.float32)
+    out[top : top + new_h, left : left + new_w] = small
+    peak = float(out.max())
+    return out / peak if peak > 0 else out
+
+
+def image_to_tensor(image: Image.Image) -> np.ndarray:
+    """PIL image → float32 tensor of shape (1, 1, 28, 28), the model's input."""
+    return normalize_ink(ink_from_image(image)).reshape(1, 1, SIDE, SIDE)

@@ -1,0 +1,82 @@
+"""The MNIST reference application: reads a handwritten digit from any common image upload."""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image, UnidentifiedImageError
+
+from maserve import InvalidInput, Inputs, Model, UploadedFile
+from preprocess import NoDigitError, image_to_tensor
+
+# Refuse images whose header declares more pixels than this, before decoding them (bombs).
+MAX_IMAGE_PIXELS = int(os.environ.get("MASERVE_MAX_IMAGE_PIXELS", 40_000_000))
+ACCEPTED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
+
+
+class MnistService(Model):
+    """`POST /` with a file field `images` → `{"mnist_result": <digit>}`."""
+
+    def load(self) -> None:
+        options = ort.SessionOptions()
+        # One thread per session: gunicorn already runs one worker per core.
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        path = str(self.model_dir / "model.onnx")
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def warmup(self) -> None:
+        """Decode a PNG and classify it: the first real request then pays no lazy imports."""
+        digit = np.zeros((28, 28), dtype=np.uint8)
+        digit[6:22, 12:16] = 255
+        buffer = io.BytesIO()
+        Image.fromarray(digit).save(buffer, format="PNG")
+        self.predict(Inputs(files={"images": UploadedFile("warmup.png", "image/png", buffer.getvalue())}))
+
+    def predict(self, inputs: Inputs) -> dict[str, int]:
+        upload = inputs.files["images"]
+        image = open_image(upload.data, upload.filename)
+        try:
+            tensor = image_to_tensor(image)
+        except NoDigitError as exc:
+            raise InvalidInput(str(exc), error_code="MASERVE.NO_DIGIT") from None
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise InvalidInput(f"'{upload.filename}' could not be decoded: {exc}", error_code="MASERVE.INVALID_IMAGE") from None
+        return {"mnist_result": self._classify(tensor)}
+
+    def _classify(self, tensor: np.ndarray) -> int:
+        (logits,) = self.session.run(None, {self.input_name: tensor})
+        return int(np.argmax(logits[0]))
+
+
+def open_image(data: bytes, filename: str) -> Image.Image:
+    """Open an upload, checking format and declared size before any pixel is decoded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except UnidentifiedImageError:
+        raise InvalidInput(
+            f"'{filename}' is not an image in a supported format (JPEG, PNG, BMP, GIF, WebP, TIFF)",
+            error_code="MASERVE.INVALID_IMAGE",
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InvalidInput(f"'{filename}' declares too many pixels", error_code="MASERVE.IMAGE_TOO_LARGE") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InvalidInput(f"'{filename}' could not be read: {exc}", error_code="MASERVE.INVALID_IMAGE") from None
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InvalidInput(
+            f"'{filename}' declares {width}x{height} pixels, more than the limit of {MAX_IMAGE_PIXELS}",
+            error_code="MASERVE.IMAGE_TOO_LARGE",
+        )
+    try:
+        image.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise InvalidInput(f"'{filename}' is truncated or corrupt: {exc}", error_code="MASERVE.INVALID_IMAGE") from None
+    return image

@@ -1,0 +1,5 @@
+import sys
+
+from maserve.cli import main
+
+sys.exit(main())

@@ -1,0 +1,252 @@
+"""The ASGI application: routes from config.json, /health, and the one place errors become replies.
+
+A bare ASGI callable rather than a framework: inference on a small model takes tens of
+microseconds, so per-request framework work is most of the cost (see bench/RESULTS.md).
+Decoding and the model run in a worker thread so a slow request never blocks the event loop,
+and so that MASERVE_REQUEST_TIMEOUT_SECONDS can answer 504 while the model is still busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Awaitable, Callable
+
+from maserve.config import ApiSpec, ModelConfig
+from maserve.decode import check_content_type, decode
+from maserve.errors import (
+    InferenceTimeout,
+    MethodNotAllowed,
+    ModelError,
+    ModelNotReady,
+    NotFound,
+    PayloadTooLarge,
+    ServiceError,
+)
+from maserve.logs import fields
+from maserve.model import Model
+from maserve.settings import Settings
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+access_log = logging.getLogger("maserve.access")
+log = logging.getLogger("maserve.app")
+
+# Threads per worker process for decode + inference. Workers already fill the cores; a second
+# thread lets a request that timed out (504) keep running without stalling the next one.
+INFERENCE_THREADS = 2
+# gunicorn's exit code for "worker failed to boot": the master then stops the whole server.
+WORKER_BOOT_ERROR = 3
+_MAX_REQUEST_ID = 128
+_HEALTHY = b'{"health": "true"}'
+_UNHEALTHY = b'{"health": "false"}'
+_JSON_HEADER = (b"content-type", b"application/json")
+_CLOSE_HEADER = (b"connection", b"close")
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+class MaserveApp:
+    """Serves one model directory as described by its config.json."""
+
+    def __init__(self, settings: Settings, config: ModelConfig, model_factory: Callable[[], Model]) -> None:
+        self.settings = settings
+        self.config = config
+        self._model_factory = model_factory
+        self._model: Model | None = None
+        self._ready = asyncio.Event()
+        self._executor: ThreadPoolExecutor | None = None
+        self._routes: dict[str, dict[str, ApiSpec]] = {}
+        for api in config.apis:
+            self._routes.setdefault(api.url, {})[api.method] = api
+
+    # -- ASGI entry ---------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self._executor = ThreadPoolExecutor(INFERENCE_THREADS, thread_name_prefix="maserve-infer")
+                self._load_task = asyncio.create_task(self._load())
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self._executor is not None:
+                    self._executor.shutdown(wait=False, cancel_futures=True)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _load(self) -> None:
+        """Load and warm the model off the event loop; /health answers 503 until this ends."""
+        started = time.perf_counter()
+        try:
+            model = await asyncio.get_running_loop().run_in_executor(self._executor, self._build_model)
+        except BaseException:
+            log.exception("model failed to load: stopping this server", extra=fields(pid=os.getpid()))
+            sys.stdout.flush()
+            os._exit(WORKER_BOOT_ERROR)
+        self._model = model
+        self._ready.set()
+        elapsed = round((time.perf_counter() - started) * 1000, 1)
+        log.info("model loaded and warmed up", extra=fields(pid=os.getpid(), load_ms=elapsed))
+
+    def _build_model(self) -> Model:
+        model = self._model_factory()
+        model.load()
+        model.warmup()
+        return model
+
+    # -- HTTP ---------------------------------------------------------------------------------
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        request_id = b""
+        content_type = b""
+        content_length: int | None = None
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                content_type = value
+            elif name == b"content-length":
+                content_length = int(value) if value.isdigit() else None
+            elif name == b"x-request-id":
+                request_id = value[:_MAX_REQUEST_ID]
+        if not request_id or not request_id.isascii() or not request_id.isprintable():
+            request_id = uuid.uuid4().hex.encode()
+        method: str = scope["method"]
+        path: str = scope["path"]
+        error: ServiceError | None = None
+        headers = [_JSON_HEADER, (b"x-request-id", request_id)]
+        try:
+            if path == self.config.health_url and method in ("GET", "HEAD") and path not in self._routes:
+                status, body = (200, _HEALTHY) if self._ready.is_set() else (503, _UNHEALTHY)
+            else:
+                api = self._route(path, method)
+                body = await self._answer(api, receive, content_type, content_length)
+                status = 200
+        except ServiceError as exc:
+            error = exc
+            status, body = exc.status, exc.body()
+            if isinstance(exc, MethodNotAllowed):
+                headers.append((b"allow", ", ".join(exc.allowed).encode()))
+            if isinstance(exc, PayloadTooLarge):
+                headers.append(_CLOSE_HEADER)  # the rest of the body is not worth reading
+        except _ClientGone:
+            self._log(request_id, method, path, 499, started, 0, None)
+            return
+        except Exception:
+            log.exception("unexpected error", extra=fields(request_id=request_id.decode()))
+            error = ServiceError("internal server error")
+            status, body = error.status, error.body()
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+        self._log(request_id, method, path, status, started, len(body), error)
+
+    def _route(self, path: str, method: str) -> ApiSpec:
+        by_method = self._routes.get(path)
+        if by_method is None:
+            if path == self.config.health_url:
+                raise MethodNotAllowed(f"{method} is not allowed on {path}; use GET", ["GET", "HEAD"])
+            raise NotFound(f"no API at {path}; this service answers: {', '.join(self._describe_routes())}")
+        api = by_method.get(method)
+        if api is None:
+            allowed = sorted(by_method)
+            raise MethodNotAllowed(f"{method} is not allowed on {path}; use {' or '.join(allowed)}", allowed)
+        return api
+
+    def _describe_routes(self) -> list[str]:
+        routes = [f"{m} {url}" for url, by_method in self._routes.items() for m in by_method]
+        return routes + [f"GET {self.config.health_url}"]
+
+    async def _answer(self, api: ApiSpec, receive: Receive, content_type: bytes, content_length: int | None) -> bytes:
+        boundary = check_content_type(api, content_type)
+        limit = self.settings.max_body_bytes
+        if content_length is not None and content_length > limit:
+            raise PayloadTooLarge(f"request body of {content_length} bytes exceeds the limit of {limit} bytes")
+        body = await _read_body(receive, limit)
+        timeout = self.settings.request_timeout_seconds
+        deadline = time.monotonic() + timeout
+        if not self._ready.is_set():
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout)
+            except TimeoutError:
+                raise ModelNotReady("the model is still loading; retry shortly") from None
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, self._predict, api, body, boundary)
+        try:
+            return await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise InferenceTimeout(f"inference did not finish within {timeout:g} s") from None
+
+    def _predict(self, api: ApiSpec, body: bytes, boundary: bytes | None) -> bytes:
+        """Runs in a worker thread: decode, run the model, encode its answer."""
+        inputs = decode(api, body, boundary)
+        assert self._model is not None
+        try:
+            result = self._model.predict(inputs)
+        except ServiceError:
+            raise
+        except Exception as exc:
+            log.exception("the model raised an exception")
+            raise ModelError(f"the model failed on this input: {type(exc).__name__}") from None
+        try:
+            return json.dumps(result).encode()
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"the model's answer is not JSON-serialisable: {exc}") from None
+
+    def _log(
+        self,
+        request_id: bytes,
+        method: str,
+        path: str,
+        status: int,
+        started: float,
+        size: int,
+        error: ServiceError | None,
+    ) -> None:
+        values: dict[str, Any] = {
+            "request_id": request_id.decode(),
+            "method": method,
+            "path": path,
+            "status": status,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+            "bytes": size,
+        }
+        if error is None:
+            access_log.info("request", extra=fields(**values))
+            return
+        values["error_code"] = error.error_code
+        values["error_msg"] = error.message
+        level = logging.ERROR if status >= 500 else logging.WARNING
+        access_log.log(level, "request failed", extra=fields(**values))
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    """Read the body, stopping (413) as soon as it passes `limit`: an oversized body is never held whole."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -1,0 +1,85 @@
+"""Logging to standard output (the only place ModelArts shows): JSON lines or readable text.
+
+Everything logs through the `logging` module, including gunicorn's and uvicorn's own loggers, so
+one formatter shapes every line. Structured values travel in `extra={"fields": {...}}`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.config
+import time
+from typing import Any
+
+# Attributes every LogRecord has; anything else passed via `extra` is ours.
+_FIELDS = "fields"
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+    return f"{seconds}.{int(record.msecs):03d}Z"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, then the record's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": _timestamp(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update(getattr(record, _FIELDS, None) or {})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger: message key=value ...` for people reading a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, _FIELDS, None) or {}
+        extra = " ".join(f"{k}={v}" for k, v in fields.items())
+        line = f"{_timestamp(record)} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        if extra:
+            line += " " + extra
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def logging_config(log_format: str) -> dict[str, Any]:
+    """A dictConfig for the process: also handed to gunicorn as `logconfig_dict`."""
+    formatter = JsonFormatter if log_format == "json" else TextFormatter
+    handler = {"class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": "maserve"}
+
+    def logger(level: str) -> dict[str, Any]:
+        return {"level": level, "handlers": ["stdout"], "propagate": False}
+
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"maserve": {"()": f"{__name__}.{formatter.__name__}"}},
+        # gunicorn's defaults name these two handlers; pointing both at stdout keeps stderr empty.
+        "handlers": {"stdout": handler, "console": handler, "error_console": handler},
+        "loggers": {
+            "maserve": logger("INFO"),
+            "gunicorn.error": logger("INFO"),
+            "gunicorn.access": logger("WARNING"),
+            "uvicorn.error": logger("INFO"),
+            "uvicorn.access": logger("WARNING"),
+        },
+        "root": {"level": "WARNING", "handlers": ["stdout"]},
+    }
+
+
+def setup_logging(log_format: str) -> None:
+    logging.config.dictConfig(logging_config(log_format))
+
+
+def fields(**values: Any) -> dict[str, Any]:
+    """`logger.info(msg, extra=fields(a=1))`: attach structured values to a line."""
+    return {_FIELDS: values}

@@ -1,0 +1,81 @@
+"""The model contract: what a model directory's service module provides, and how it is found.
+
+A model directory holds config.json, the model files and `service.py` with one subclass of
+`Model`. The server never imports user code in the master process: each worker loads it after fork,
+so native runtimes (onnxruntime's thread pools) are never shared across a fork.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from maserve.config import ModelConfig
+
+SERVICE_MODULE = "service.py"
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    """One file part of a multipart request."""
+
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A decoded request: file fields, plain form fields or a JSON body, per the api's schema."""
+
+    files: dict[str, UploadedFile] = field(default_factory=dict)
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+class Model:
+    """Subclass this in `service.py`.
+
+    `load` runs once per worker before the service reports healthy, `warmup` right after it (one
+    real inference, so the first caller does not pay for lazy initialisation), and `predict` once
+    per request, in a worker thread, returning what becomes the JSON response.
+    """
+
+    def __init__(self, model_dir: Path, config: ModelConfig) -> None:
+        self.model_dir = model_dir
+        self.config = config
+
+    def load(self) -> None:
+        """Load weights and sessions. Raise to refuse to start."""
+
+    def warmup(self) -> None:
+        """Run one inference. Raise to refuse to start."""
+
+    def predict(self, inputs: Inputs) -> Any:
+        """Answer one request. Raise maserve.InvalidInput for input the model cannot use."""
+        raise NotImplementedError
+
+
+def load_model(model_dir: Path, config: ModelConfig) -> Model:
+    """Import `service.py` from the model directory and instantiate its Model subclass."""
+    path = model_dir / SERVICE_MODULE
+    if not path.is_file():
+        raise ImportError(f"{path}: not found; a model directory needs a {SERVICE_MODULE} with a maserve.Model subclass")
+    sys.path.insert(0, str(model_dir))  # lets the service import its sibling modules
+    spec = importlib.util.spec_from_file_location("maserve_service", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    classes = [
+        obj
+        for obj in vars(module).values()
+        if inspect.isclass(obj) and issubclass(obj, Model) and obj is not Model and obj.__module__ == module.__name__
+    ]
+    if len(classes) != 1:
+        names = ", ".join(c.__name__ for c in classes) or "none"
+        raise ImportError(f"{path}: expected exactly one maserve.Model subclass, found {names}")
+    return classes[0](model_dir, config)

@@ -1,0 +1,175 @@
+"""The process layer: gunicorn master plus uvicorn workers, and ModelArts' stop sequence.
+
+On SIGTERM (or SIGINT) the master keeps serving for the grace period (new connections and
+requests are still answered, as ModelArts' rolling upgrade expects), then stops accepting and
+gives in-flight requests up to the drain period before it exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+from uvicorn.server import Server
+from uvicorn_worker import UvicornWorker
+
+from maserve.app import MaserveApp
+from maserve.config import ModelConfig
+from maserve.logs import fields, logging_config
+from maserve.settings import Settings
+from maserve.tls import make_self_signed
+
+log = logging.getLogger("maserve.server")
+
+
+class _WorkerServer(Server):
+    """A worker leaves SIGINT to the master: Ctrl-C in a terminal reaches every process of the group."""
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if sig == signal.SIGINT:
+            return
+        super().handle_exit(sig, frame)
+
+
+class MaserveWorker(UvicornWorker):
+    """uvicorn worker (uvloop + httptools when installed) without uvicorn's own access log."""
+
+    CONFIG_KWARGS = {"loop": "auto", "http": "auto", "access_log": False, "lifespan": "on", "server_header": False}
+
+    async def _serve(self) -> None:
+        self.config.app = self.wsgi
+        server = _WorkerServer(config=self.config)
+        self._install_sigquit_handler()
+        await server.serve(sockets=self.sockets)
+        if not server.started:
+            raise SystemExit(Arbiter.WORKER_BOOT_ERROR)
+
+
+class GraceArbiter(Arbiter):
+    """gunicorn's master, with a grace period between the stop signal and the graceful stop."""
+
+    def __init__(self, app: BaseApplication, grace_seconds: float) -> None:
+        super().__init__(app)
+        self.grace_seconds = grace_seconds
+        self.stop_at: float | None = None
+
+    def _begin_grace(self, name: str) -> None:
+        if self.stop_at is not None:
+            if name == "SIGINT":  # a second Ctrl-C: skip the rest of the grace period
+                log.info("second SIGINT: ending the grace period now")
+                self.stop_at = time.monotonic()
+            else:
+                log.info(f"{name} received again: already stopping")
+            return
+        self.stop_at = time.monotonic() + self.grace_seconds
+        log.info(
+            f"{name} received: still serving for the {self.grace_seconds:g} s grace period, then draining",
+            extra=fields(signal=name, grace_seconds=self.grace_seconds),
+        )
+
+    def handle_term(self) -> None:
+        self._begin_grace("SIGTERM")
+
+    def handle_int(self) -> None:
+        self._begin_grace("SIGINT")
+
+    def wait_for_signals(self, timeout: float = 1.0) -> list[int]:
+        if self.stop_at is not None:
+            timeout = max(0.0, min(timeout, self.stop_at - time.monotonic()))
+        return super().wait_for_signals(timeout=timeout)
+
+    def murder_workers(self) -> None:
+        super().murder_workers()
+        if self.stop_at is not None and time.monotonic() >= self.stop_at:
+            log.info(
+                "grace period over: no longer accepting; draining in-flight requests",
+                extra=fields(drain_seconds=self.cfg.graceful_timeout),
+            )
+            raise StopIteration
+
+
+class MaserveApplication(BaseApplication):
+    """gunicorn embedded: settings come from Settings, not from gunicorn's own CLI."""
+
+    def __init__(self, settings: Settings, config: ModelConfig, app: MaserveApp) -> None:
+        self.settings = settings
+        self.model_config = config
+        self.asgi_app = app
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in gunicorn_options(self.settings, self.model_config).items():
+            self.cfg.set(key, value)
+
+    def load(self) -> MaserveApp:
+        return self.asgi_app
+
+    def run(self) -> None:
+        GraceArbiter(self, self.settings.grace_seconds).run()
+
+
+def gunicorn_options(settings: Settings, config: ModelConfig) -> dict[str, Any]:
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    options: dict[str, Any] = {
+        "bind": [f"{host}:{settings.port}"],
+        "workers": settings.workers,
+        "worker_class": f"{__name__}.MaserveWorker",
+        "keepalive": settings.keepalive_seconds,
+        "graceful_timeout": math.ceil(settings.drain_seconds),
+        "timeout": 30,
+        "proc_name": "maserve",
+        "logconfig_dict": logging_config(settings.log_format),
+        "control_socket_disable": True,
+        "when_ready": _when_ready(settings, config),
+        "worker_exit": _worker_exit,
+        "on_exit": _on_exit,
+    }
+    if config.uses_tls:
+        cert, key = settings.tls_cert, settings.tls_key
+        if cert is None or key is None:
+            cert, key = make_self_signed(Path(tempfile.mkdtemp(prefix="maserve-tls-")))
+            log.info("config.json asks for https: made a self-signed certificate", extra=fields(cert=str(cert)))
+        options.update(certfile=str(cert), keyfile=str(key))
+    return options
+
+
+def _when_ready(settings: Settings, config: ModelConfig) -> Any:
+    def when_ready(arbiter: Arbiter) -> None:
+        log.info(
+            "maserve started",
+            extra=fields(
+                model_dir=str(settings.model_dir),
+                config=str(config.path),
+                host=settings.host,
+                port=settings.port,
+                protocol="https" if config.uses_tls else "http",
+                workers=settings.workers,
+                keepalive_seconds=settings.keepalive_seconds,
+                grace_seconds=settings.grace_seconds,
+                drain_seconds=settings.drain_seconds,
+                request_timeout_seconds=settings.request_timeout_seconds,
+                max_body_bytes=settings.max_body_bytes,
+                routes=[f"{api.method} {api.url}" for api in config.apis] + [f"GET {config.health_url}"],
+            ),
+        )
+
+    return when_ready
+
+
+def _worker_exit(arbiter: Arbiter, worker: Any) -> None:
+    log.info("worker exited", extra=fields(pid=worker.pid))
+
+
+def _on_exit(arbiter: Arbiter) -> None:
+    log.info("all workers stopped: exiting")
+
+
+def serve(settings: Settings, config: ModelConfig, app: MaserveApp) -> None:
+    MaserveApplication(settings, config, app).run()

@@ -1,0 +1,107 @@
+"""Run-time settings: environment variables (MASERVE_*) overridden by CLI flags, checked once at start."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+# ModelArts stops a container 90 s after SIGTERM at most; grace plus drain must fit inside it.
+PLATFORM_STOP_BOUND_SECONDS = 90.0
+# Where ModelArts' custom-engine flow puts the model package.
+PLATFORM_MODEL_DIR = Path("/home/mind/model")
+
+
+class SettingsError(ValueError):
+    """A setting is invalid; the server refuses to start with this message."""
+
+
+def _default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _default_model_dir() -> Path | None:
+    return PLATFORM_MODEL_DIR if PLATFORM_MODEL_DIR.is_dir() else None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server needs besides the model's own config.json."""
+
+    model_dir: Path | None = field(default_factory=_default_model_dir, metadata={"env": "MASERVE_MODEL_DIR"})
+    host: str = field(default="0.0.0.0", metadata={"env": "MASERVE_HOST"})
+    port: int = field(default=8080, metadata={"env": "MASERVE_PORT"})
+    workers: int = field(default_factory=_default_workers, metadata={"env": "MASERVE_WORKERS"})
+    grace_seconds: float = field(default=60.0, metadata={"env": "MASERVE_GRACE_SECONDS"})
+    drain_seconds: float = field(default=29.0, metadata={"env": "MASERVE_DRAIN_SECONDS"})
+    keepalive_seconds: int = field(default=200, metadata={"env": "MASERVE_KEEPALIVE_SECONDS"})
+    max_body_bytes: int = field(default=12 * 1024 * 1024, metadata={"env": "MASERVE_MAX_BODY_BYTES"})
+    request_timeout_seconds: float = field(default=60.0, metadata={"env": "MASERVE_REQUEST_TIMEOUT_SECONDS"})
+    log_format: str = field(default="json", metadata={"env": "MASERVE_LOG_FORMAT"})
+    tls_cert: Path | None = field(default=None, metadata={"env": "MASERVE_TLS_CERT"})
+    tls_key: Path | None = field(default=None, metadata={"env": "MASERVE_TLS_KEY"})
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> "Settings":
+        """Build from `env` (default os.environ), then `overrides` (CLI flags; None means unset)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f.metadata["env"])
+            if raw not in (None, ""):
+                values[f.name] = _convert(f.metadata["env"], f.type, raw)
+        settings = replace(cls(), **values)
+        settings = replace(settings, **{k: v for k, v in (overrides or {}).items() if v is not None})
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if self.model_dir is None:
+            raise SettingsError(
+                f"no model directory: set MASERVE_MODEL_DIR (or --model-dir), or put the model in {PLATFORM_MODEL_DIR}"
+            )
+        if not (1 <= self.port <= 65535):
+            raise SettingsError(f"MASERVE_PORT must be 1-65535, got {self.port}")
+        if self.workers < 1:
+            raise SettingsError(f"MASERVE_WORKERS must be at least 1, got {self.workers}")
+        for name in ("grace_seconds", "drain_seconds", "request_timeout_seconds"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"MASERVE_{name.upper()} must not be negative")
+        if self.request_timeout_seconds == 0:
+            raise SettingsError("MASERVE_REQUEST_TIMEOUT_SECONDS must be above 0")
+        total = self.grace_seconds + self.drain_seconds
+        if total > PLATFORM_STOP_BOUND_SECONDS - 1:
+            raise SettingsError(
+                f"MASERVE_GRACE_SECONDS ({self.grace_seconds:g}) + MASERVE_DRAIN_SECONDS ({self.drain_seconds:g}) "
+                f"= {total:g} s: a stop could exceed ModelArts' {PLATFORM_STOP_BOUND_SECONDS:g} s bound "
+                f"(the sum must be at most {PLATFORM_STOP_BOUND_SECONDS - 1:g} s)"
+            )
+        if self.keepalive_seconds < 1:
+            raise SettingsError("MASERVE_KEEPALIVE_SECONDS must be at least 1")
+        if self.max_body_bytes < 1:
+            raise SettingsError("MASERVE_MAX_BODY_BYTES must be at least 1")
+        if self.log_format not in ("json", "text"):
+            raise SettingsError(f"MASERVE_LOG_FORMAT must be 'json' or 'text', got {self.log_format!r}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise SettingsError("MASERVE_TLS_CERT and MASERVE_TLS_KEY must be given together")
+        for path in (self.tls_cert, self.tls_key):
+            if path is not None and not path.is_file():
+                raise SettingsError(f"TLS file not found: {path}")
+
+
+def _convert(name: str, kind: Any, raw: str) -> Any:
+    kind = str(kind)
+    try:
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if kind.startswith("Path"):
+        return Path(raw)
+    return raw
