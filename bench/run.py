@@ -229,13 +229,13 @@ def memory_of(sid: int) -> tuple[int, float, float]:
     return len(pids), rss_kb / 1024.0, pss_kb / 1024.0
 
 
-def wait_healthy(proc: subprocess.Popen, spec: ServerSpec, stderr_path: str) -> float:
+def wait_healthy(proc: subprocess.Popen, spec: ServerSpec, output) -> float:
     t0 = time.monotonic()
     deadline = t0 + HEALTH_TIMEOUT_S
     last = "no answer yet"
     for _ in range(int(HEALTH_TIMEOUT_S / 0.1) + 1):  # bounded in count and in time
         if proc.poll() is not None:
-            raise BenchError(f"exited with code {proc.returncode} before it was healthy\n{tail(stderr_path)}")
+            raise BenchError(f"exited with code {proc.returncode} before it was healthy\n{output()}")
         if time.monotonic() > deadline:
             break
         try:
@@ -255,17 +255,23 @@ def wait_healthy(proc: subprocess.Popen, spec: ServerSpec, stderr_path: str) -> 
         except (urllib.error.URLError, OSError) as exc:
             last = str(getattr(exc, "reason", exc))
         time.sleep(0.1)
-    raise BenchError(f"/health not 200 within {HEALTH_TIMEOUT_S:.0f} s (last: {last})\n{tail(stderr_path)}")
+    raise BenchError(f"/health not 200 within {HEALTH_TIMEOUT_S:.0f} s (last: {last})\n{output()}")
 
 
-def tail(path: str, lines: int = 25) -> str:
+def tail(path: str, lines: int = 15, width: int = 1500) -> str:
     try:
-        with open(path, errors="replace") as f:
-            text = f.read()[-20000:]
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - 200_000))
+            text = f.read().decode(errors="replace")
     except OSError:
         return ""
-    kept = text.splitlines()[-lines:]
-    return "server stderr (tail):\n  " + "\n  ".join(kept) if kept else "server stderr: (empty)"
+    kept = [line[:width] for line in text.splitlines()[-lines:]]
+    return f"{os.path.basename(path)} (tail):\n  " + "\n  ".join(kept) if kept else ""
+
+
+def server_output(stdout_path: str, stderr_path: str) -> str:
+    """The end of what the server wrote (maserve logs to stdout, gunicorn tracebacks go to stderr)."""
+    return "\n".join(t for t in (tail(stdout_path), tail(stderr_path)) if t) or "(the server wrote nothing)"
 
 
 def predict_once(spec: ServerSpec, image: Path, expect: int | None) -> object:
@@ -372,12 +378,14 @@ def run_wrk(url: str, image: Path, connections: int, duration_s: int) -> tuple[i
 def bench_server(spec: ServerSpec, args: argparse.Namespace, image: Path, expect: int | None,
                  logdir: str) -> ServerRun:
     run = ServerRun(spec.name, command=shlex.join(spec.argv))
-    stdout_path = os.path.join(logdir, f"{spec.name}.stdout.log") if args.keep_logs else os.devnull
+    # stdout to a file, not a pipe nobody reads (maserve writes one log line per request there).
+    stdout_path = os.path.join(logdir, f"{spec.name}.stdout.log")
     stderr_path = os.path.join(logdir, f"{spec.name}.stderr.log")
+    output = lambda: server_output(stdout_path, stderr_path)  # noqa: E731
     log(f"{spec.name}: starting on {spec.url}: {run.command}")
     proc = start_server(spec, stdout_path, stderr_path)
     try:
-        run.startup_s = wait_healthy(proc, spec, stderr_path)
+        run.startup_s = wait_healthy(proc, spec, output)
         log(f"{spec.name}: healthy after {run.startup_s:.1f} s")
         run.answer = predict_once(spec, image, expect)
         log(f"{spec.name}: POST / -> {json.dumps(run.answer)}")
@@ -386,7 +394,7 @@ def bench_server(spec: ServerSpec, args: argparse.Namespace, image: Path, expect
             run_wrk(spec.url, image, WARMUP_CONNECTIONS, args.warmup)
         for conns in args.connections:
             if proc.poll() is not None:
-                raise BenchError(f"exited with code {proc.returncode} during the run\n{tail(stderr_path)}")
+                raise BenchError(f"exited with code {proc.returncode} during the run\n{output()}")
             time.sleep(1.0)  # let sockets from the previous level drain
             threads, r = run_wrk(spec.url, image, conns, args.duration)
             nprocs, rss, pss = memory_of(proc.pid)
@@ -396,7 +404,7 @@ def bench_server(spec: ServerSpec, args: argparse.Namespace, image: Path, expect
             log(f"{spec.name}: c={conns:<3} {load.rps:9.1f} req/s  p50 {load.p50_ms:8.2f} ms  "
                 f"p99 {load.p99_ms:8.2f} ms  errors {load.error_total}  RSS {rss:.0f} MB ({nprocs} procs)")
         if proc.poll() is not None:
-            raise BenchError(f"exited with code {proc.returncode} during the run\n{tail(stderr_path)}")
+            raise BenchError(f"exited with code {proc.returncode} during the run\n{output()}")
     except BenchError as exc:
         run.failure = str(exc)
         log(f"{spec.name}: FAILED: {exc}")
@@ -513,7 +521,8 @@ def render(runs: list[ServerRun], args: argparse.Namespace, meta: dict) -> str:
         if run.failure:
             w(f"| {run.name} | FAILED | | | | | | |")
     w("")
-    w("errors = wrk socket errors (connect/read/write/timeout) + non-2xx answers. "
+    w("errors = wrk socket errors (connect/read/write/timeout) + non-2xx answers; requests that "
+      f"timed out (no answer within {WRK_TIMEOUT}) are not in the latency percentiles. "
       "RSS = summed over master + workers after each level (counts pages shared between forked "
       "workers once per process); PSS splits shared pages, so it adds up to the real footprint.")
     w("")
@@ -572,10 +581,13 @@ def reproduce_line(argv: list[str]) -> str:
     cmd = shlex.join([".venv/bin/python", "bench/run.py", *argv])
     makefile = REPO / "Makefile"
     try:
-        has_target = makefile.is_file() and re.search(r"^bench\s*:", makefile.read_text(), re.M)
+        text = makefile.read_text() if makefile.is_file() else ""
     except OSError:
-        has_target = False
-    return f"`make bench` or `{cmd}`" if has_target else f"`{cmd}`"
+        text = ""
+    # `make bench` runs `bench/run.py --output bench/RESULTS.md`: mention it when that is what ran.
+    if re.search(r"^bench\s*:", text, re.M) and argv in (["--output", "bench/RESULTS.md"], ["--output=bench/RESULTS.md"]):
+        return f"`make bench` (that is, `{cmd}`)"
+    return f"`{cmd}`"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -599,7 +611,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--venv", type=Path, default=REPO / ".venv", help="venv holding maserve, gunicorn, flask, gevent")
     p.add_argument("--output", type=Path, help="also write the report there (e.g. bench/RESULTS.md)")
     p.add_argument("--keep-logs", action="store_true",
-                   help="keep the servers' stdout (maserve's access log) in the log folder instead of /dev/null")
+                   help="keep the servers' stdout/stderr logs (maserve's access log) after the run")
     args = p.parse_args(argv)
     try:
         args.connections = [int(c) for c in args.connections.split(",") if c.strip()]
@@ -670,6 +682,8 @@ def main(argv: list[str]) -> int:
         "image_bytes": image.stat().st_size,
     }
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if os.getloadavg()[0] > 0.5:
+        log(f"warning: the machine is not idle (load average {meta['loadavg']}): numbers will be noisy")
     if cores != args.workers:
         log(f"note: {args.workers} workers per server on {cores} usable cores")
 

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 import time
 import uuid
@@ -46,7 +47,8 @@ log = logging.getLogger("maserve.app")
 INFERENCE_THREADS = 2
 # gunicorn's exit code for "worker failed to boot": the master then stops the whole server.
 WORKER_BOOT_ERROR = 3
-_MAX_REQUEST_ID = 128
+# An incoming X-Request-Id is echoed and logged only if it is short, visible ASCII (no log injection).
+_REQUEST_ID = re.compile(rb"[!-~]{1,128}")
 _HEALTHY = b'{"health": "true"}'
 _UNHEALTHY = b'{"health": "false"}'
 _JSON_HEADER = (b"content-type", b"application/json")
@@ -123,8 +125,8 @@ class MaserveApp:
             elif name == b"content-length":
                 content_length = int(value) if value.isdigit() else None
             elif name == b"x-request-id":
-                request_id = value[:_MAX_REQUEST_ID]
-        if not request_id or not request_id.isascii() or not request_id.isprintable():
+                request_id = value
+        if not _REQUEST_ID.fullmatch(request_id):
             request_id = uuid.uuid4().hex.encode()
         method: str = scope["method"]
         path: str = scope["path"]

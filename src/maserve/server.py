@@ -41,7 +41,14 @@ class _WorkerServer(Server):
 class MaserveWorker(UvicornWorker):
     """uvicorn worker (uvloop + httptools when installed) without uvicorn's own access log."""
 
-    CONFIG_KWARGS = {"loop": "auto", "http": "auto", "access_log": False, "lifespan": "on", "server_header": False}
+    CONFIG_KWARGS = {
+        "loop": "auto",
+        "http": "auto",
+        "access_log": False,
+        "lifespan": "on",
+        "server_header": False,
+        "proxy_headers": False,
+    }
 
     async def _serve(self) -> None:
         self.config.app = self.wsgi

