@@ -363,7 +363,8 @@ def run_wrk(url: str, image: Path, connections: int, duration_s: int) -> tuple[i
         "--timeout", WRK_TIMEOUT, "-s", str(LUA), url, "--", str(image),
     ]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 60, cwd=REPO)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 60, cwd=REPO,
+                              preexec_fn=_die_with_parent if _LIBC is not None else None)
     except subprocess.TimeoutExpired:
         raise BenchError(f"wrk did not finish within {duration_s + 60} s: {shlex.join(cmd)}") from None
     if proc.returncode != 0:
@@ -662,9 +663,11 @@ def main(argv: list[str]) -> int:
             print(f"bench: {problem}", file=sys.stderr)
         return 2
 
-    # Turn SIGTERM/SIGHUP into SystemExit so the finally blocks stop the servers.
+    # Turn SIGTERM/SIGHUP into SystemExit (and SIGINT into KeyboardInterrupt, even when started
+    # with SIGINT ignored) so the finally blocks stop the servers.
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda signum, _frame: sys.exit(128 + signum))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
     mem_kb = re.search(r"MemTotal:\s+(\d+)", meminfo)
@@ -730,4 +733,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:  # the servers were stopped on the way out
+        log("interrupted")
+        sys.exit(130)
