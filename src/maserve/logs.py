@@ -51,10 +51,22 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class _DropSocketCloseNoise(logging.Filter):
+    """gunicorn's worker re-closes sockets uvicorn already closed at shutdown: EBADF, harmless."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Error while closing socket")
+
+
 def logging_config(log_format: str) -> dict[str, Any]:
     """A dictConfig for the process: also handed to gunicorn as `logconfig_dict`."""
     formatter = JsonFormatter if log_format == "json" else TextFormatter
-    handler = {"class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": "maserve"}
+    handler = {
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stdout",
+        "formatter": "maserve",
+        "filters": ["socket_close_noise"],
+    }
 
     def logger(level: str) -> dict[str, Any]:
         return {"level": level, "handlers": ["stdout"], "propagate": False}
@@ -63,6 +75,7 @@ def logging_config(log_format: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"maserve": {"()": f"{__name__}.{formatter.__name__}"}},
+        "filters": {"socket_close_noise": {"()": f"{__name__}._DropSocketCloseNoise"}},
         # gunicorn's defaults name these two handlers; pointing both at stdout keeps stderr empty.
         "handlers": {"stdout": handler, "console": handler, "error_console": handler},
         "loggers": {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import tempfile
 import time
@@ -52,11 +53,19 @@ class MaserveWorker(UvicornWorker):
 
     async def _serve(self) -> None:
         self.config.app = self.wsgi
-        server = _WorkerServer(config=self.config)
+        self._server = _WorkerServer(config=self.config)
         self._install_sigquit_handler()
-        await server.serve(sockets=self.sockets)
-        if not server.started:
+        await self._server.serve(sockets=self.sockets)
+        if not self._server.started:
             raise SystemExit(Arbiter.WORKER_BOOT_ERROR)
+
+    async def callback_notify(self) -> None:
+        """Heartbeat to the master; a worker whose master died (kill -9) stops instead of lingering."""
+        if os.getppid() != self.ppid:
+            log.warning("the master process is gone: this worker stops", extra=fields(pid=os.getpid()))
+            self._server.should_exit = True
+            return
+        self.notify()
 
 
 class GraceArbiter(Arbiter):
@@ -135,7 +144,7 @@ def gunicorn_options(settings: Settings, config: ModelConfig) -> dict[str, Any]:
         "logconfig_dict": logging_config(settings.log_format),
         "control_socket_disable": True,
         "when_ready": _when_ready(settings, config),
-        "worker_exit": _worker_exit,
+        "child_exit": _child_exit,
         "on_exit": _on_exit,
     }
     if config.uses_tls:
@@ -170,7 +179,7 @@ def _when_ready(settings: Settings, config: ModelConfig) -> Any:
     return when_ready
 
 
-def _worker_exit(arbiter: Arbiter, worker: Any) -> None:
+def _child_exit(arbiter: Arbiter, worker: Any) -> None:
     log.info("worker exited", extra=fields(pid=worker.pid))
 
 
