@@ -121,28 +121,28 @@ def augment_chunk(args: tuple[np.ndarray, tuple[int, ...]]) -> np.ndarray:
 # ----------------------------------------------------------------------------- model
 
 
-def _block(cin: int, cout: int, kernel: int = 3) -> list[nn.Module]:
+def _block(cin: int, cout: int, kernel: int, stride: int) -> list[nn.Module]:
     return [
-        nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False),
+        nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False),
         nn.BatchNorm2d(cout),
         nn.ReLU(inplace=True),
     ]
 
 
 def build_model() -> nn.Module:
-    """Small CNN (~130k parameters, ~0.5 MB as ONNX)."""
+    """A very small CNN (~20k parameters, ~80 KB as ONNX).
+
+    Three strided convolutions and one linear layer: served, one inference costs about as much as
+    onnxruntime's own per-call overhead, so the model never dominates a request (a 130k-parameter
+    version read the held-out digits equally well but ran ten times slower).
+    """
     return nn.Sequential(
-        *_block(1, 32, 5),
-        nn.MaxPool2d(2),
-        *_block(32, 64),
-        *_block(64, 64),
-        nn.MaxPool2d(2),
-        nn.Dropout(0.1),
-        *_block(64, 128),
-        nn.AdaptiveAvgPool2d(1),
+        *_block(1, 16, 5, 2),  # 14x14
+        *_block(16, 32, 3, 2),  # 7x7
+        *_block(32, 32, 3, 2),  # 4x4
         nn.Flatten(),
-        nn.Dropout(0.3),
-        nn.Linear(128, 10),
+        nn.Dropout(0.2),
+        nn.Linear(32 * 4 * 4, 10),
     )
 
 

@@ -12,13 +12,20 @@ import logging.config
 import time
 from typing import Any
 
-# Attributes every LogRecord has; anything else passed via `extra` is ours.
+# The attribute that carries a record's structured values (passed via `extra`).
 _FIELDS = "fields"
 
 
+_last_second: tuple[int, str] = (-1, "")
+
+
 def _timestamp(record: logging.LogRecord) -> str:
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-    return f"{seconds}.{int(record.msecs):03d}Z"
+    """ISO 8601 UTC with milliseconds; the formatted second is reused (strftime is costly per line)."""
+    global _last_second
+    second = int(record.created)
+    if second != _last_second[0]:
+        _last_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{_last_second[1]}.{int(record.msecs):03d}Z"
 
 
 class JsonFormatter(logging.Formatter):
