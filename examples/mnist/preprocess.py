@@ -18,6 +18,7 @@ WORK_SIDE = 160
 INK_THRESHOLD = 0.3
 # An image whose ink range is below this (out of 255) holds no digit.
 MIN_CONTRAST = 24.0
+_POSITIONS = np.arange(BOX, dtype=np.float32)
 
 
 class NoDigitError(ValueError):
@@ -66,10 +67,10 @@ def _polarize(gray: np.ndarray) -> np.ndarray:
     border_len = 2 * gray.shape[1] + 2 * max(gray.shape[0] - 2, 0)
     background = border_sum / border_len
     if background > 127.0:
-        ink = background - gray  # dark ink on light paper
+        ink = np.subtract(background, gray, dtype=np.float32)  # dark ink on light paper
     else:
-        ink = gray - background  # light ink on a dark ground
-    return np.clip(ink, 0.0, None)
+        ink = np.subtract(gray, background, dtype=np.float32)  # light ink on a dark ground
+    return np.maximum(ink, 0.0, out=ink)
 
 
 def normalize_ink(ink: np.ndarray) -> np.ndarray:
@@ -77,23 +78,26 @@ def normalize_ink(ink: np.ndarray) -> np.ndarray:
     peak = float(ink.max())
     if peak < MIN_CONTRAST:
         raise NoDigitError("the image holds no visible digit (it is blank or has almost no contrast)")
-    ink = ink / peak
+    ink = ink * np.float32(1.0 / peak)
     mask = ink > INK_THRESHOLD
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
     crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    crop = np.where(crop > INK_THRESHOLD * 0.5, crop, 0.0).astype(np.float32)
+    crop[crop <= INK_THRESHOLD * 0.5] = 0.0  # paper grain and noise around the strokes
 
     height, width = crop.shape
     scale = BOX / max(height, width)
     new_h = max(1, round(height * scale))
     new_w = max(1, round(width * scale))
-    fitted = Image.fromarray(crop, mode="F").resize((new_w, new_h), Image.Resampling.BILINEAR)
-    small = np.clip(np.asarray(fitted, dtype=np.float32), 0.0, 1.0)
+    if (new_h, new_w) == (height, width):
+        small = crop  # already fits (an MNIST-style upload): resizing would be the identity
+    else:
+        fitted = Image.fromarray(crop, mode="F").resize((new_w, new_h), Image.Resampling.BILINEAR)
+        small = np.clip(np.asarray(fitted, dtype=np.float32), 0.0, 1.0)
 
     total = float(small.sum())
-    cy = float(small.sum(axis=1) @ np.arange(new_h, dtype=np.float32)) / total if total else new_h / 2
-    cx = float(small.sum(axis=0) @ np.arange(new_w, dtype=np.float32)) / total if total else new_w / 2
+    cy = float(small.sum(axis=1) @ _POSITIONS[:new_h]) / total if total else new_h / 2
+    cx = float(small.sum(axis=0) @ _POSITIONS[:new_w]) / total if total else new_w / 2
     top = int(round(SIDE / 2 - cy))
     left = int(round(SIDE / 2 - cx))
     top = min(max(top, 0), SIDE - new_h)
@@ -101,8 +105,10 @@ def normalize_ink(ink: np.ndarray) -> np.ndarray:
 
     out = np.zeros((SIDE, SIDE), dtype=np.float32)
     out[top : top + new_h, left : left + new_w] = small
-    peak = float(out.max())
-    return out / peak if peak > 0 else out
+    peak = float(small.max())
+    if peak > 0:
+        out *= np.float32(1.0 / peak)
+    return out
 
 
 def image_to_tensor(image: Image.Image) -> np.ndarray:
