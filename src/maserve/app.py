@@ -70,6 +70,8 @@ class MaserveApp:
         self._ready = asyncio.Event()
         self._executor: ThreadPoolExecutor | None = None
         self._routes: dict[str, dict[str, ApiSpec]] = {}
+        self._request_id_prefix = uuid.uuid4().hex[:16].encode()
+        self._request_count = 0
         for api in config.apis:
             self._routes.setdefault(api.url, {})[api.method] = api
 
@@ -85,6 +87,7 @@ class MaserveApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self._executor = ThreadPoolExecutor(INFERENCE_THREADS, thread_name_prefix="maserve-infer")
+                self._request_id_prefix = uuid.uuid4().hex[:16].encode()  # after fork: one per worker
                 self._load_task = asyncio.create_task(self._load())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
@@ -127,7 +130,7 @@ class MaserveApp:
             elif name == b"x-request-id":
                 request_id = value
         if not _REQUEST_ID.fullmatch(request_id):
-            request_id = uuid.uuid4().hex.encode()
+            request_id = self._new_request_id()
         method: str = scope["method"]
         path: str = scope["path"]
         error: ServiceError | None = None
@@ -158,6 +161,11 @@ class MaserveApp:
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
         self._log(request_id, method, path, status, started, len(body), error)
 
+    def _new_request_id(self) -> bytes:
+        """A unique id without a syscall per request: a random per-process prefix and a counter."""
+        self._request_count += 1
+        return b"%s-%08x" % (self._request_id_prefix, self._request_count)
+
     def _route(self, path: str, method: str) -> ApiSpec:
         by_method = self._routes.get(path)
         if by_method is None:
@@ -181,16 +189,16 @@ class MaserveApp:
             raise PayloadTooLarge(f"request body of {content_length} bytes exceeds the limit of {limit} bytes")
         body = await _read_body(receive, limit)
         timeout = self.settings.request_timeout_seconds
-        deadline = time.monotonic() + timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout  # covers waiting for the model to load, then the inference
         if not self._ready.is_set():
             try:
                 await asyncio.wait_for(self._ready.wait(), timeout)
             except TimeoutError:
                 raise ModelNotReady("the model is still loading; retry shortly") from None
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, self._predict, api, body, boundary)
         try:
-            return await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
+            async with asyncio.timeout_at(deadline):
+                return await loop.run_in_executor(self._executor, self._predict, api, body, boundary)
         except TimeoutError:
             raise InferenceTimeout(f"inference did not finish within {timeout:g} s") from None
 

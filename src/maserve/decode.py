@@ -1,15 +1,14 @@
 """Request body → `Inputs`, driven by the api's declared request content type and schema.
 
-Multipart bodies are split in memory (their size is already bounded); header parameters go through
-python-multipart's RFC-aware `parse_options_header`. The checks here are the ones the schema implies (required fields present, one non-empty file per file field, no undeclared files).
+Multipart bodies are split in memory (their size is already bounded). The checks here are the ones
+the schema implies: required fields present, one non-empty file per file field, no undeclared files.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
-
-from python_multipart.multipart import parse_options_header
 
 from maserve.config import JSON, MULTIPART, ApiSpec
 from maserve.errors import InvalidInput, MalformedRequest, UnsupportedMediaType
@@ -19,8 +18,33 @@ from maserve.model import Inputs, UploadedFile
 _MAX_PARTS = 1000
 
 
+# `; key=value` or `; key="quoted \\" value"` parameters of a header (RFC 9110 and RFC 7578).
+_PARAMETER = re.compile(rb';\s*([^\s=;]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))')
+_QUOTED_PAIR = re.compile(rb"\\(.)")
+
+
+def parse_header(value: bytes) -> tuple[bytes, dict[bytes, bytes]]:
+    """Split `type; key=value; ...` into the lower-cased type and its parameters (keys lower-cased).
+
+    Extended `key*=` parameters are skipped: RFC 7578 forbids them in multipart/form-data.
+    """
+    main, _, rest = value.partition(b";")
+    params: dict[bytes, bytes] = {}
+    if rest:
+        for match in _PARAMETER.finditer(b";" + rest):
+            key = match.group(1).lower()
+            if key.endswith(b"*"):
+                continue
+            quoted = match.group(2)
+            if quoted is None:
+                params[key] = match.group(3)
+            else:
+                params[key] = _QUOTED_PAIR.sub(rb"\1", quoted) if b"\\" in quoted else quoted
+    return main.strip().lower(), params
+
+
 def media_type(content_type: bytes) -> tuple[str, dict[bytes, bytes]]:
-    value, params = parse_options_header(content_type)
+    value, params = parse_header(content_type)
     return value.decode("latin-1"), params
 
 
@@ -97,7 +121,7 @@ def _parse_multipart(body: bytes, boundary: bytes) -> Inputs:
     files: dict[str, UploadedFile] = {}
     fields: dict[str, Any] = {}
     for headers, data in _split_multipart(body, boundary):
-        _, disposition = parse_options_header(headers.get(b"content-disposition", b""))
+        _, disposition = parse_header(headers.get(b"content-disposition", b""))
         name_raw = disposition.get(b"name")
         if name_raw is None:
             raise MalformedRequest("malformed multipart body: a part has no Content-Disposition name")
