@@ -9,6 +9,7 @@ and so that MASERVE_REQUEST_TIMEOUT_SECONDS can answer 504 while the model is st
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable
 
-from maserve.config import ApiSpec, ModelConfig
+from maserve.config import ApiSpec, ModelConfig, load_config
 from maserve.decode import check_content_type, decode
 from maserve.errors import (
     InferenceTimeout,
@@ -31,7 +32,7 @@ from maserve.errors import (
     ServiceError,
 )
 from maserve.logs import fields
-from maserve.model import Model
+from maserve.model import Model, load_model
 from maserve.settings import Settings
 
 Scope = dict[str, Any]
@@ -260,3 +261,18 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def build_app(settings: Settings, config: ModelConfig) -> MaserveApp:
+    """The app for a checked Settings and its model's config (the model itself loads per worker)."""
+    assert settings.model_dir is not None
+    model_dir = settings.model_dir.resolve()
+    return MaserveApp(settings, config, functools.partial(load_model, model_dir, config))
+
+
+def create_app() -> MaserveApp:
+    """ASGI factory from MASERVE_* variables, for other ASGI servers or process managers, e.g.
+    `gunicorn -k uvicorn_worker.UvicornWorker 'maserve.app:create_app()'` (used by bench/)."""
+    settings = Settings.load()
+    assert settings.model_dir is not None
+    return build_app(settings, load_config(settings.model_dir / "config.json"))

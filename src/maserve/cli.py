@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import sys
 from pathlib import Path
 
 from maserve import __version__
-from maserve.app import MaserveApp
+from maserve.app import build_app
 from maserve.config import ConfigError, load_config
 from maserve.logs import setup_logging
-from maserve.model import load_model
 from maserve.settings import Settings, SettingsError
 
 log = logging.getLogger("maserve.cli")
@@ -62,9 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     from maserve.server import serve  # gunicorn is only needed to serve
 
-    model_dir = settings.model_dir.resolve()
-    app = MaserveApp(settings, config, functools.partial(load_model, model_dir, config))
-    serve(settings, config, app)
+    serve(settings, config, build_app(settings, config))
     return 0
 
 
