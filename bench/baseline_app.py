@@ -14,36 +14,18 @@ Environment:
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from flask import Flask, jsonify, request
 from PIL import Image, UnidentifiedImageError
 
-REPO = Path(__file__).resolve().parent.parent
+from bench.mnist_model import INPUT_NAME, OUTPUT_NAME, REPO
+from bench import mnist_model
+
 MODEL_DIR = Path(os.environ.get("BASELINE_MODEL_DIR", REPO / "examples" / "mnist")).resolve()
-
-
-def _load_preprocess(model_dir: Path):
-    spec = importlib.util.spec_from_file_location("mnist_preprocess", model_dir / "preprocess.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-preprocess = _load_preprocess(MODEL_DIR)
-
-_options = ort.SessionOptions()
-_options.intra_op_num_threads = 1
-_options.inter_op_num_threads = 1
-session = ort.InferenceSession(
-    str(MODEL_DIR / "model.onnx"), sess_options=_options, providers=["CPUExecutionProvider"]
-)
-INPUT_NAME = "image"
-OUTPUT_NAME = "logits"
+preprocess, session = mnist_model.load(MODEL_DIR)
 
 app = Flask(__name__)
 

@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
 """Side-by-side loopback benchmark: maserve vs the baseline recipe of the ModelArts spec.
 
-Starts maserve, then the baseline (Flask on gunicorn + gevent, bench/baseline_app.py), one after
-the other and never both at once, each on a free 127.0.0.1 port with the same worker count. For
-each server: wait for GET /health 200, check one real prediction, warm up, then run wrk at each
+Starts each selected server in turn (--servers; by default maserve, then the baseline: Flask on
+gunicorn + gevent, bench/baseline_app.py), one after the other and never two at once, each on a
+free 127.0.0.1 port with the same worker count. Two more variants pick maserve's worker class by
+measurement: `maserve-h11` (the same app under uvicorn's asyncio + h11 worker) and `starlette`
+(a typical Starlette service under uvicorn's default worker, bench/starlette_app.py). For each
+server: wait for GET /health 200, check one real prediction, warm up, then run wrk at each
 connection count, sample the memory of the server's processes, and stop it with SIGTERM.
-Prints a markdown report (results, maserve/baseline ratios, targets) on stdout; progress goes
-to stderr.
+Prints a markdown report (results, maserve/baseline ratios, each variant relative to maserve,
+targets) on stdout; progress goes to stderr.
 
-    .venv/bin/python bench/run.py                      # both servers, 1/8/64 connections, 10 s each
-    .venv/bin/python bench/run.py --only baseline --duration 5
+    .venv/bin/python bench/run.py                      # maserve + baseline, 1/8/64 connections, 10 s each
+    .venv/bin/python bench/run.py --servers all        # maserve, maserve-h11, starlette, baseline
+    .venv/bin/python bench/run.py --servers baseline --duration 5
     .venv/bin/python bench/run.py --output bench/RESULTS.md
 
 Standard library only (the servers run from the project's venv; wrk must be on PATH).
@@ -54,9 +58,21 @@ TARGET_RPS_RATIO = 2.5
 TARGET_P99_MS = 20.0
 
 VERSIONED_PACKAGES = (
-    "maserve", "gunicorn", "uvicorn", "uvicorn-worker", "httptools", "uvloop", "python-multipart",
-    "flask", "werkzeug", "gevent", "onnxruntime", "numpy", "pillow",
+    "maserve", "gunicorn", "uvicorn", "uvicorn-worker", "httptools", "uvloop", "h11", "starlette",
+    "python-multipart", "flask", "werkzeug", "gevent", "onnxruntime", "numpy", "pillow",
 )
+
+# Every server run.py knows, in the order they run. Ratios are always against maserve (and the
+# targets maserve/baseline).
+SERVERS = ("maserve", "maserve-h11", "starlette", "baseline")
+DEFAULT_SERVERS = ("maserve", "baseline")
+# Python modules a server needs in the venv beyond gunicorn (checked before the run starts).
+SERVER_MODULES = {
+    "maserve": ("maserve",),
+    "maserve-h11": ("maserve", "uvicorn_worker", "h11"),
+    "starlette": ("starlette", "python_multipart", "uvicorn_worker"),
+    "baseline": ("flask", "gevent"),
+}
 
 
 class BenchError(RuntimeError):
@@ -108,6 +124,36 @@ class ServerRun:
     stop_note: str = ""
     loads: list[LoadResult] = field(default_factory=list)
     failure: str | None = None
+
+
+def server_spec(name: str, venv_bin: Path, model_dir: Path, workers: int) -> ServerSpec:
+    """The command line and environment of server `name` on a free loopback port."""
+    port = free_port()
+    url = f"http://{HOST}:{port}/"
+    gunicorn = [str(venv_bin / "gunicorn"), "--keep-alive", "200", "-w", str(workers),
+                "-b", f"{HOST}:{port}", "--chdir", str(REPO)]
+    # Both maserve variants log one JSON line per request to stdout (a file here), as in production.
+    maserve_env = {"MASERVE_LOG_FORMAT": "json", "MASERVE_GRACE_SECONDS": "0"}
+    if name == "maserve":
+        # gunicorn + maserve.server.MaserveWorker (uvloop + httptools) + maserve's grace-period master.
+        argv = [str(venv_bin / "maserve"), "serve", "--model-dir", str(model_dir),
+                "--host", HOST, "--port", str(port), "--workers", str(workers)]
+        env = maserve_env
+    elif name == "maserve-h11":
+        # The same ASGI app on uvicorn's pure-Python stack: asyncio loop + h11 parser.
+        argv = [*gunicorn, "-k", "uvicorn_worker.UvicornH11Worker", "bench.maserve_asgi:create_app()"]
+        env = {**maserve_env, "MASERVE_MODEL_DIR": str(model_dir)}
+    elif name == "starlette":
+        # A typical Starlette service on uvicorn's default gunicorn worker (uvloop + httptools).
+        argv = [*gunicorn, "-k", "uvicorn_worker.UvicornWorker", "bench.starlette_app:app"]
+        env = {"STARLETTE_MODEL_DIR": str(model_dir)}
+    elif name == "baseline":
+        # The ModelArts spec's recipe: Flask on gunicorn + gevent.
+        argv = [*gunicorn, "-k", "gevent", "bench.baseline_app:app"]
+        env = {"BASELINE_MODEL_DIR": str(model_dir)}
+    else:  # pragma: no cover - parse_args only lets SERVERS through
+        raise ValueError(name)
+    return ServerSpec(name, argv, env, url, port)
 
 
 def free_port() -> int:
@@ -453,6 +499,20 @@ def versions(python: Path) -> dict[str, str | None]:
     return found
 
 
+def missing_modules(python: Path, modules: list[str]) -> list[str]:
+    """The modules of `modules` that `python` cannot find (all of them if it does not run)."""
+    if not modules:
+        return []
+    code = ("import importlib.util, json, sys\n"
+            "print(json.dumps([m for m in sys.argv[1:] if importlib.util.find_spec(m) is None]))\n")
+    try:
+        out = subprocess.run([str(python), "-c", code, *modules], capture_output=True, text=True,
+                             timeout=30, cwd=REPO)
+        return list(json.loads(out.stdout))
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return list(modules)
+
+
 def git_revision() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
@@ -540,6 +600,23 @@ def render(runs: list[ServerRun], args: argparse.Namespace, meta: dict) -> str:
                 w(f"| {ld.connections} | {ratio(ld.rps, bl.rps)} | {ratio(ld.p99_ms, bl.p99_ms)} |")
         w("")
 
+    # Each other variant against maserve at the same connection count: this picks the worker class.
+    others = [r for r in runs if r.name != "maserve" and r.loads]
+    if m and m.loads and others:
+        w("Each server relative to maserve (req/s variant/maserve, higher is better; p99 in "
+          "parentheses, variant/maserve, lower is better):")
+        w("")
+        w("| connections | " + " | ".join(r.name for r in others) + " |")
+        w("|---:|" + "---:|" * len(others))
+        other_loads = {r.name: {ld.connections: ld for ld in r.loads} for r in others}
+        for ld in m.loads:
+            cells = []
+            for r in others:
+                ol = other_loads[r.name].get(ld.connections)
+                cells.append(f"{ratio(ol.rps, ld.rps)} ({ratio(ol.p99_ms, ld.p99_ms)})" if ol else "n/a")
+            w(f"| {ld.connections} | " + " | ".join(cells) + " |")
+        w("")
+
     w(f"Targets (stated, not asserted) at {TARGET_CONNECTIONS} connections:")
     w("")
     m64 = next((ld for ld in (m.loads if m else []) if ld.connections == TARGET_CONNECTIONS), None)
@@ -573,8 +650,9 @@ def render(runs: list[ServerRun], args: argparse.Namespace, meta: dict) -> str:
         if run.failure:
             bits.append("FAILED: " + run.failure.splitlines()[0])
         w(f"- {run.name}: " + "; ".join(bits))
-    if m and b and m.answer is not None and b.answer is not None and m.answer != b.answer:
-        w(f"- WARNING: the servers disagree: maserve {m.answer!r}, baseline {b.answer!r}")
+    answers = {r.name: r.answer for r in runs if r.answer is not None}
+    if len({json.dumps(a, sort_keys=True) for a in answers.values()}) > 1:
+        w("- WARNING: the servers disagree: " + ", ".join(f"{k} {v!r}" for k, v in answers.items()))
     return "\n".join(out) + "\n"
 
 
@@ -602,14 +680,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--connections", default="1,8,64", help="comma-separated connection counts (default 1,8,64)")
     p.add_argument("--workers", type=int, default=2, help="worker processes per server (default 2, the cores of the target flavour)")
     p.add_argument("--warmup", type=int, default=3, help="seconds of wrk warm-up before measuring (default 3, 0 = none)")
-    p.add_argument("--only", choices=("maserve", "baseline"), help="benchmark one server only")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--servers", default=",".join(DEFAULT_SERVERS),
+                       help=f"comma-separated servers to run, among {', '.join(SERVERS)}, or `all` "
+                            f"(default {','.join(DEFAULT_SERVERS)}); they run in that order, one at a time")
+    which.add_argument("--only", choices=SERVERS, help="benchmark one server only (= --servers NAME)")
     p.add_argument("--model-dir", type=Path, default=REPO / "examples" / "mnist",
                    help="model folder given to both servers (model.onnx, preprocess.py, config.json)")
     p.add_argument("--image", type=Path, default=REPO / "examples" / "mnist" / "samples" / "digit_7.png",
                    help="PNG uploaded as the `images` field (default examples/mnist/samples/digit_7.png)")
     p.add_argument("--expect", default="auto",
                    help="digit the check request must return: auto (from a digit_N file name), none, or 0-9")
-    p.add_argument("--venv", type=Path, default=REPO / ".venv", help="venv holding maserve, gunicorn, flask, gevent")
+    p.add_argument("--venv", type=Path, default=REPO / ".venv",
+                   help="venv holding maserve, gunicorn, flask, gevent, starlette, python-multipart")
     p.add_argument("--output", type=Path, help="also write the report there (e.g. bench/RESULTS.md)")
     p.add_argument("--keep-logs", action="store_true",
                    help="keep the servers' stdout/stderr logs (maserve's access log) after the run")
@@ -626,6 +709,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--warmup must be 0..600 seconds")
     if not 1 <= args.workers <= 64:
         p.error("--workers must be 1..64")
+    if args.only:
+        args.servers = [args.only]
+    else:
+        wanted = [n.strip() for n in args.servers.split(",") if n.strip()]
+        if wanted == ["all"]:
+            wanted = list(SERVERS)
+        unknown = [n for n in wanted if n not in SERVERS]
+        if unknown or not wanted:
+            p.error(f"--servers: unknown {', '.join(unknown) or '(empty)'}; choose among {', '.join(SERVERS)} or all")
+        args.servers = [n for n in SERVERS if n in wanted]  # fixed order, no duplicates
     return args
 
 
@@ -644,7 +737,7 @@ def main(argv: list[str]) -> int:
         print("--expect must be auto, none or a digit 0-9", file=sys.stderr)
         return 2
 
-    names = [args.only] if args.only else ["maserve", "baseline"]
+    names = args.servers
     problems = []
     if not shutil.which("wrk"):
         problems.append("wrk is not on PATH (Debian/Ubuntu: apt-get install -y wrk)")
@@ -653,11 +746,15 @@ def main(argv: list[str]) -> int:
     for needed in ("model.onnx", "preprocess.py"):
         if not (model_dir / needed).is_file():
             problems.append(f"no {needed} in {model_dir} (pass --model-dir)")
-    binaries = {"maserve": venv_bin / "maserve", "baseline": venv_bin / "gunicorn"}
-    for name in names:
-        if not binaries[name].is_file():
-            hint = " (pip install -e . in the venv, or run with --only baseline)" if name == "maserve" else ""
-            problems.append(f"{binaries[name]} not found{hint}")
+    for binary in sorted({venv_bin / ("maserve" if n == "maserve" else "gunicorn") for n in names}):
+        if not binary.is_file():
+            hint = " (pip install -e '.[bench]' in the venv, or run with --servers baseline)" if binary.name == "maserve" else ""
+            problems.append(f"{binary} not found{hint}")
+    modules = sorted({mod for n in names for mod in SERVER_MODULES[n]})
+    missing = missing_modules(venv_bin / "python", modules)
+    if missing:
+        problems.append(f"not importable in {venv_bin / 'python'}: {', '.join(missing)} "
+                        "(pip install -e '.[bench]' in the venv, or leave out the servers that need them)")
     if problems:
         for problem in problems:
             print(f"bench: {problem}", file=sys.stderr)
@@ -697,19 +794,7 @@ def main(argv: list[str]) -> int:
             logdir = tempfile.mkdtemp(prefix="maserve-bench-logs-")
             log(f"server logs in {logdir}")
         for name in names:  # one after the other, never both at once
-            port = free_port()
-            url = f"http://{HOST}:{port}/"
-            if name == "maserve":
-                spec = ServerSpec(name, [
-                    str(venv_bin / "maserve"), "serve", "--model-dir", str(model_dir),
-                    "--host", HOST, "--port", str(port), "--workers", str(args.workers),
-                ], {"MASERVE_LOG_FORMAT": "json", "MASERVE_GRACE_SECONDS": "0"}, url, port)
-            else:
-                spec = ServerSpec(name, [
-                    str(venv_bin / "gunicorn"), "-k", "gevent", "--keep-alive", "200",
-                    "-w", str(args.workers), "-b", f"{HOST}:{port}", "--chdir", str(REPO),
-                    "bench.baseline_app:app",
-                ], {"BASELINE_MODEL_DIR": str(model_dir)}, url, port)
+            spec = server_spec(name, venv_bin, model_dir, args.workers)
             runs.append(bench_server(spec, args, image, expect, logdir))
             if name != names[-1]:
                 time.sleep(2.0)  # let the machine settle between servers
