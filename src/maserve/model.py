@@ -60,10 +60,21 @@ class Model:
 
 
 def load_model(model_dir: Path, config: ModelConfig) -> Model:
-    """Import `service.py` from the model directory and instantiate its Model subclass."""
+    """Import `service.py` from the model directory and instantiate its Model subclass.
+
+    Without `service.py`, a ModelArts `customize_service.py` is served through maserve.compat, so a
+    script written for the platform's built-in images runs unchanged.
+    """
     path = model_dir / SERVICE_MODULE
     if not path.is_file():
-        raise ImportError(f"{path}: not found; a model directory needs a {SERVICE_MODULE} with a maserve.Model subclass")
+        from maserve.compat import COMPAT_MODULE, CustomizeService  # here: maserve.compat imports this module
+
+        if (model_dir / COMPAT_MODULE).is_file():
+            return CustomizeService(model_dir, config)
+        raise ImportError(
+            f"{path}: not found; a model directory needs a {SERVICE_MODULE} with a maserve.Model subclass "
+            f"(or a ModelArts {COMPAT_MODULE})"
+        )
     sys.path.insert(0, str(model_dir))  # lets the service import its sibling modules
     spec = importlib.util.spec_from_file_location("maserve_service", path)
     assert spec is not None and spec.loader is not None

@@ -1,0 +1,101 @@
+"""Serve a ModelArts `customize_service.py` unchanged: an adapter from maserve's Model to the platform's API.
+
+Huawei Cloud ModelArts, "Specifications for Writing Model Inference Code": the platform's built-in
+inference images import `customize_service.py` from the model directory, construct its one subclass
+of a `model_service` base class with `(model_name, model_path)` and answer each request with what its
+`_preprocess` → `_inference` → `_postprocess` pipeline returns. Users moving to a custom image keep
+that script; `load_model` picks this adapter when a model directory has it instead of `service.py`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import io
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from maserve.config import ModelConfig
+from maserve.model import Inputs, Model
+from model_service.model_service import SingleNodeService
+
+COMPAT_MODULE = "customize_service.py"
+
+
+class CustomizeService(Model):
+    """Runs the script's service class in a maserve worker.
+
+    The script is imported in `load` (after fork, like service.py). There is no warm-up: only the
+    script knows what a valid input looks like.
+    """
+
+    def __init__(self, model_dir: Path, config: ModelConfig) -> None:
+        super().__init__(model_dir, config)
+        self.service: SingleNodeService | None = None
+        # Platform scripts often keep per-request state on `self` between _preprocess and
+        # _postprocess: one request at a time per worker, whatever maserve's thread count.
+        self._one_at_a_time = threading.Lock()
+
+    def load(self) -> None:
+        path = self.model_dir / COMPAT_MODULE
+        service_class = find_service_class(import_script(path), path)
+        if service_class._inference is SingleNodeService._inference and service_class.inference is SingleNodeService.inference:
+            # Refuse at start rather than answer 500 to every request.
+            raise ImportError(
+                f"{path}: {service_class.__name__} must override _inference; under maserve the model_service "
+                "base classes do not run the model"
+            )
+        model_dir = self.model_dir.resolve()
+        # The platform passes the model's name; the model directory's name stands for it here.
+        self.service = service_class(model_dir.name, service_class.resolve_model_path(model_dir))
+
+    def predict(self, inputs: Inputs) -> Any:
+        assert self.service is not None
+        data = request_data(inputs)
+        with self._one_at_a_time:
+            return self.service.inference(data)
+
+
+def request_data(inputs: Inputs) -> Any:
+    """The `data` the platform hands `_preprocess`.
+
+    Multipart: `{field: {file name: file object}}` per file field (io.BytesIO with `.name` set, as
+    scripts call `Image.open` on it) and plain fields as their strings. JSON: the parsed body.
+    """
+    data: dict[str, Any] = dict(inputs.fields)
+    for field_name, upload in inputs.files.items():
+        file_object = io.BytesIO(upload.data)
+        file_object.name = upload.filename
+        data[field_name] = {upload.filename: file_object}
+    return data
+
+
+def import_script(path: Path) -> ModuleType:
+    """Import the script as `customize_service`, with its directory importable for sibling modules."""
+    sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def find_service_class(module: ModuleType, path: Path) -> type[SingleNodeService]:
+    """The script's one concrete service class (an intermediate base of it defined there is skipped)."""
+    candidates = [
+        obj
+        for obj in vars(module).values()
+        if inspect.isclass(obj) and issubclass(obj, SingleNodeService) and obj.__module__ == module.__name__
+    ]
+    leaves = [c for c in candidates if not any(o is not c and issubclass(o, c) for o in candidates)]
+    if len(leaves) != 1:
+        names = ", ".join(c.__name__ for c in leaves) or "none"
+        raise ImportError(
+            f"{path}: expected exactly one class deriving from a model_service base class "
+            f"(PTServingBaseService, TfServingBaseService, XgSklServingBaseService, SingleNodeService), found {names}"
+        )
+    return leaves[0]
