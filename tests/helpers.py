@@ -256,3 +256,21 @@ def echo_request(
     fields = {"sleep": f"{sleep:g}"} if sleep is not None else None
     body, ctype = multipart([("file", "blob.bin", os.urandom(size))], fields)
     return request(conn, "POST", "/echo", body, {"Content-Type": ctype, **(headers or {})})
+
+
+# -- additions for the schema tests ---------------------------------------------------------------
+def assert_matches_response_schema(config_path: Path, url: str, body: Any, method: str = "POST") -> None:
+    """Fail unless `body` (a reply's bytes or the decoded JSON) matches the response schema that
+    config_path declares for `method url`. Plain jsonschema (Draft 7) on the raw config.json, not
+    maserve's own schema code, so a defect there cannot hide one in the server."""
+    import jsonschema
+
+    config = json.loads(Path(config_path).read_text())
+    apis = [a for a in config.get("apis", []) if a.get("url", "/") == url and a.get("method", "post").upper() == method]
+    assert len(apis) == 1, f"{config_path} declares {len(apis)} apis for {method} {url}"
+    schema = (apis[0].get("response") or {}).get("data") or {}
+    value = json.loads(body) if isinstance(body, (bytes, str)) else body
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(value), key=lambda e: list(e.absolute_path))
+    assert not errors, f"{method} {url} answered {value!r}, against its response schema: " + "; ".join(
+        f"{e.message} (at {'/'.join(map(str, e.absolute_path)) or 'root'})" for e in errors
+    )

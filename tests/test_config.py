@@ -46,18 +46,22 @@ def test_platform_typos_are_accepted(tmp_path: Path) -> None:
     config = load_config(_write(tmp_path, raw))
     assert config.apis[0].protocol == "http"
     assert config.apis[0].response_content_type == "application/json"
+    assert [(w.level, w.path) for w in config.warnings] == [
+        ("WARNING", "$.apis[0].procotol"),
+        ("WARNING", "$.apis[0].response.Content-type"),
+    ]
 
 
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda c: c.pop("model_algorithm"), "'model_algorithm' is a required property"),
+        (lambda c: c.pop("model_algorithm"), "$.model_algorithm: required"),
         (lambda c: c.update(model_algorithm="1abc"), "$.model_algorithm"),
         (lambda c: c.update(model_algorithm="a" * 37), "$.model_algorithm"),
         (lambda c: c.update(model_algorithm="bad<name"), "$.model_algorithm"),
         (lambda c: c["apis"][0].update(protocol="ftp"), "$.apis[0].protocol"),
         (lambda c: c["apis"][0].update(url="predict"), "$.apis[0].url"),
-        (lambda c: c["health"].pop("url"), "'url' is a required property"),
+        (lambda c: c["health"].pop("url"), "$.health.url: required"),
     ],
 )
 def test_invalid_configs_are_refused_with_the_json_path(tmp_path: Path, change, message: str) -> None:

@@ -4,6 +4,7 @@ A bare ASGI callable rather than a framework: inference on a small model takes t
 microseconds, so per-request framework work is most of the cost (see bench/RESULTS.md).
 Decoding and the model run in a worker thread so a slow request never blocks the event loop,
 and so that MASERVE_REQUEST_TIMEOUT_SECONDS can answer 504 while the model is still busy.
+Request and response schemas are compiled once per api here, at construction, never per request.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from maserve.config import ApiSpec, ModelConfig, load_config
@@ -33,6 +35,8 @@ from maserve.errors import (
 )
 from maserve.logs import fields
 from maserve.model import Model, load_model
+from maserve.openapi import OPENAPI_URL, openapi_document
+from maserve.schema import RequestSchema, ResponseSchema
 from maserve.settings import Settings
 
 Scope = dict[str, Any]
@@ -54,6 +58,17 @@ _HEALTHY = b'{"health": "true"}'
 _UNHEALTHY = b'{"health": "false"}'
 _JSON_HEADER = (b"content-type", b"application/json")
 _CLOSE_HEADER = (b"connection", b"close")
+# Set to 1 to check every answer against the api's response schema (a mismatch answers 500).
+VALIDATE_RESPONSES_ENV = "MASERVE_VALIDATE_RESPONSES"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One api with its schemas compiled."""
+
+    api: ApiSpec
+    request: RequestSchema
+    response: ResponseSchema | None  # None unless responses are validated
 
 
 class _ClientGone(Exception):
@@ -70,11 +85,17 @@ class MaserveApp:
         self._model: Model | None = None
         self._ready = asyncio.Event()
         self._executor: ThreadPoolExecutor | None = None
-        self._routes: dict[str, dict[str, ApiSpec]] = {}
+        self._routes: dict[str, dict[str, Route]] = {}
         self._request_id_prefix = uuid.uuid4().hex[:16].encode()
         self._request_count = 0
+        validate_responses = os.environ.get(VALIDATE_RESPONSES_ENV, "").strip().lower() in ("1", "true", "yes")
         for api in config.apis:
-            self._routes.setdefault(api.url, {})[api.method] = api
+            response = ResponseSchema(api) if validate_responses else None
+            self._routes.setdefault(api.url, {})[api.method] = Route(api, RequestSchema(api), response)
+        # GET /openapi.json describes the apis, unless config.json claims that path for itself.
+        declared = OPENAPI_URL in self._routes or OPENAPI_URL == config.health_url
+        self._openapi_url: str | None = None if declared else OPENAPI_URL
+        self._openapi = b"" if declared else json.dumps(openapi_document(config)).encode()
 
     # -- ASGI entry ---------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -139,9 +160,11 @@ class MaserveApp:
         try:
             if path == self.config.health_url and method in ("GET", "HEAD") and path not in self._routes:
                 status, body = (200, _HEALTHY) if self._ready.is_set() else (503, _UNHEALTHY)
+            elif path == self._openapi_url and method in ("GET", "HEAD"):
+                status, body = 200, self._openapi
             else:
-                api = self._route(path, method)
-                body = await self._answer(api, receive, content_type, content_length)
+                route = self._route(path, method)
+                body = await self._answer(route, receive, content_type, content_length)
                 status = 200
         except ServiceError as exc:
             error = exc
@@ -167,24 +190,27 @@ class MaserveApp:
         self._request_count += 1
         return b"%s-%08x" % (self._request_id_prefix, self._request_count)
 
-    def _route(self, path: str, method: str) -> ApiSpec:
+    def _route(self, path: str, method: str) -> Route:
         by_method = self._routes.get(path)
         if by_method is None:
-            if path == self.config.health_url:
+            if path == self.config.health_url or path == self._openapi_url:
                 raise MethodNotAllowed(f"{method} is not allowed on {path}; use GET", ["GET", "HEAD"])
             raise NotFound(f"no API at {path}; this service answers: {', '.join(self._describe_routes())}")
-        api = by_method.get(method)
-        if api is None:
+        route = by_method.get(method)
+        if route is None:
             allowed = sorted(by_method)
             raise MethodNotAllowed(f"{method} is not allowed on {path}; use {' or '.join(allowed)}", allowed)
-        return api
+        return route
 
     def _describe_routes(self) -> list[str]:
         routes = [f"{m} {url}" for url, by_method in self._routes.items() for m in by_method]
-        return routes + [f"GET {self.config.health_url}"]
+        routes.append(f"GET {self.config.health_url}")
+        if self._openapi_url is not None:
+            routes.append(f"GET {self._openapi_url}")
+        return routes
 
-    async def _answer(self, api: ApiSpec, receive: Receive, content_type: bytes, content_length: int | None) -> bytes:
-        boundary = check_content_type(api, content_type)
+    async def _answer(self, route: Route, receive: Receive, content_type: bytes, content_length: int | None) -> bytes:
+        boundary = check_content_type(route.api, content_type)
         limit = self.settings.max_body_bytes
         if content_length is not None and content_length > limit:
             raise PayloadTooLarge(f"request body of {content_length} bytes exceeds the limit of {limit} bytes")
@@ -199,13 +225,13 @@ class MaserveApp:
                 raise ModelNotReady("the model is still loading; retry shortly") from None
         try:
             async with asyncio.timeout_at(deadline):
-                return await loop.run_in_executor(self._executor, self._predict, api, body, boundary)
+                return await loop.run_in_executor(self._executor, self._predict, route, body, boundary)
         except TimeoutError:
             raise InferenceTimeout(f"inference did not finish within {timeout:g} s") from None
 
-    def _predict(self, api: ApiSpec, body: bytes, boundary: bytes | None) -> bytes:
-        """Runs in a worker thread: decode, run the model, encode its answer."""
-        inputs = decode(api, body, boundary)
+    def _predict(self, route: Route, body: bytes, boundary: bytes | None) -> bytes:
+        """Runs in a worker thread: decode, run the model, encode its answer (and check it, if asked)."""
+        inputs = decode(route.api, body, boundary, route.request)
         assert self._model is not None
         try:
             result = self._model.predict(inputs)
@@ -215,9 +241,16 @@ class MaserveApp:
             log.exception("the model raised an exception")
             raise ModelError(f"the model failed on this input: {type(exc).__name__}") from None
         try:
-            return json.dumps(result).encode()
+            encoded = json.dumps(result).encode()
         except (TypeError, ValueError) as exc:
             raise ModelError(f"the model's answer is not JSON-serialisable: {exc}") from None
+        if route.response is not None:
+            try:
+                route.response.check(json.loads(encoded))  # as sent: tuples are arrays, keys strings
+            except ServiceError as exc:
+                log.error("the model's answer breaks its response schema", extra=fields(error_msg=exc.message))
+                raise
+        return encoded
 
     def _log(
         self,

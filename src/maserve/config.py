@@ -1,4 +1,4 @@
-"""config.json, ModelArts' model configuration: load, validate with jsonschema, typed view.
+"""config.json, ModelArts' model configuration: load, check (maserve.validate), typed view.
 
 Only what serving needs is modelled here; everything else in the file is kept but ignored.
 """
@@ -10,46 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jsonschema
+from maserve.validate import CONTENT_TYPE_TYPOS, ERROR, JSON, KEY_TYPOS, MULTIPART, Finding, validate_config
 
-MULTIPART = "multipart/form-data"
-JSON = "application/json"
-
-# The platform's own samples carry these typos and it accepts them; so do we.
-_KEY_TYPOS = {"procotol": "protocol"}
-_CONTENT_TYPE_TYPOS = {"applicaton/json": JSON}
-
-_BODY_SCHEMA = {
-    "type": "object",
-    "properties": {"Content-type": {"type": "string"}, "data": {"type": "object"}},
-}
-CONFIG_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["model_algorithm", "model_type"],
-    "properties": {
-        "model_algorithm": {"type": "string", "pattern": "^[A-Za-z][^&!'\"<>=]{0,35}$"},
-        "model_type": {"type": "string"},
-        "metrics": {"type": "object", "additionalProperties": {"type": ["number", "string"]}},
-        "apis": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {
-                    "protocol": {"enum": ["http", "https"]},
-                    "url": {"type": "string", "pattern": "^/"},
-                    "method": {"type": "string", "pattern": "(?i)^(get|post|put|delete|patch)$"},
-                    "request": _BODY_SCHEMA,
-                    "response": _BODY_SCHEMA,
-                },
-            },
-        },
-        "health": {
-            "type": "object",
-            "required": ["url"],
-            "properties": {"url": {"type": "string", "pattern": "^/"}, "protocol": {"enum": ["http", "https"]}},
-        },
-    },
-}
+__all__ = ["JSON", "MULTIPART", "ApiSpec", "ConfigError", "ModelConfig", "load_config", "read_config"]
 
 
 class ConfigError(ValueError):
@@ -85,14 +48,16 @@ class ModelConfig:
     raw: dict[str, Any]
     apis: tuple[ApiSpec, ...]
     health_url: str
+    # Accepted but worth fixing (ModelArts' typos, ignored dependencies): `maserve serve` logs them.
+    warnings: tuple[Finding, ...] = ()
 
     @property
     def uses_tls(self) -> bool:
         return any(api.protocol == "https" for api in self.apis)
 
 
-def load_config(path: Path) -> ModelConfig:
-    """Read and validate config.json; raise ConfigError naming the problem and its JSON path."""
+def read_config(path: Path) -> dict[str, Any]:
+    """Parse config.json into its top-level object; raise ConfigError if it is missing or not JSON."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -101,23 +66,25 @@ def load_config(path: Path) -> ModelConfig:
         raise ConfigError(f"{path}: not readable JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a JSON object")
-    for api in raw.get("apis") or []:
-        if isinstance(api, dict):
-            for typo, key in _KEY_TYPOS.items():
-                if typo in api and key not in api:
-                    api[key] = api[typo]
-    errors = sorted(jsonschema.Draft7Validator(CONFIG_SCHEMA).iter_errors(raw), key=lambda e: list(e.path))
+    return raw
+
+
+def load_config(path: Path) -> ModelConfig:
+    """Read and check config.json; raise ConfigError listing every error with its JSON path."""
+    raw = read_config(path)
+    findings = validate_config(raw)
+    errors = [f for f in findings if f.level == ERROR]
     if errors:
-        lines = [f"{_json_path(e.absolute_path)}: {e.message}" for e in errors]
+        lines = [f"{f.path}: {f.message}" for f in errors]
         raise ConfigError(f"{path}: invalid ModelArts config:\n  " + "\n  ".join(lines))
+    for api in raw.get("apis") or []:
+        for typo, key in KEY_TYPOS.items():
+            if typo in api and key not in api:
+                api[key] = api[typo]
     apis = tuple(_api_spec(api) for api in raw.get("apis") or [])
-    seen: set[tuple[str, str]] = set()
-    for api in apis:
-        if (api.url, api.method) in seen:
-            raise ConfigError(f"{path}: two apis entries declare {api.method} {api.url}")
-        seen.add((api.url, api.method))
     health_url = (raw.get("health") or {}).get("url", "/health")
-    return ModelConfig(path=path, raw=raw, apis=apis, health_url=health_url)
+    warnings = tuple(f for f in findings if f.level != ERROR)
+    return ModelConfig(path=path, raw=raw, apis=apis, health_url=health_url, warnings=warnings)
 
 
 def _api_spec(api: dict[str, Any]) -> ApiSpec:
@@ -136,11 +103,4 @@ def _api_spec(api: dict[str, Any]) -> ApiSpec:
 
 def _content_type(value: str) -> str:
     value = value.strip().lower()
-    return _CONTENT_TYPE_TYPOS.get(value, value)
-
-
-def _json_path(parts: Any) -> str:
-    out = "$"
-    for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return out
+    return CONTENT_TYPE_TYPOS.get(value, value)

@@ -1,7 +1,8 @@
 """Request body → `Inputs`, driven by the api's declared request content type and schema.
 
-Multipart bodies are split in memory (their size is already bounded). The checks here are the ones
-the schema implies: required fields present, one non-empty file per file field, no undeclared files.
+Multipart bodies are split in memory (their size is already bounded). File fields are checked here
+(one non-empty file per file field, no undeclared files), required fields first; then the other fields,
+multipart text converted to its declared type, are validated against the schema (maserve.schema).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from maserve.config import JSON, MULTIPART, ApiSpec
 from maserve.errors import InvalidInput, MalformedRequest, UnsupportedMediaType
 from maserve.model import Inputs, UploadedFile
+from maserve.schema import RequestSchema
 
 # More parts than this in one request is refused (a body of tiny parts costs time for nothing).
 _MAX_PARTS = 1000
@@ -63,13 +65,27 @@ def check_content_type(api: ApiSpec, content_type: bytes) -> bytes | None:
     return None
 
 
-def decode(api: ApiSpec, body: bytes, boundary: bytes | None) -> Inputs:
+def decode(api: ApiSpec, body: bytes, boundary: bytes | None, schema: RequestSchema | None = None) -> Inputs:
+    """The request as the model sees it; `schema` is the api's compiled request schema (none: no
+    validation beyond the file and required-field checks)."""
     if api.request_content_type == MULTIPART:
         assert boundary is not None
-        return _check_declared(api, _parse_multipart(body, boundary))
+        files, fields = _parse_multipart(body, boundary)
+        _check_declared(api, files, fields)
+        if schema is not None:
+            schema.convert_form(fields)
+            schema.validate(fields)
+        return _inputs(api, files, fields)
     if api.request_content_type == JSON:
-        return _parse_json(api, body)
-    return Inputs(fields={"body": body})
+        fields = _parse_json(api, body)
+        if schema is not None:
+            schema.validate(fields)
+        return _inputs(api, {}, fields)
+    return _inputs(api, {}, {"body": body})
+
+
+def _inputs(api: ApiSpec, files: dict[str, UploadedFile], fields: dict[str, Any]) -> Inputs:
+    return Inputs(files=files, fields=fields, url=api.url, method=api.method)
 
 
 def _split_multipart(body: bytes, boundary: bytes) -> list[tuple[dict[bytes, bytes], bytes]]:
@@ -117,7 +133,7 @@ def _split_multipart(body: bytes, boundary: bytes) -> list[tuple[dict[bytes, byt
     raise MalformedRequest(f"malformed multipart body: more than {_MAX_PARTS} parts")
 
 
-def _parse_multipart(body: bytes, boundary: bytes) -> Inputs:
+def _parse_multipart(body: bytes, boundary: bytes) -> tuple[dict[str, UploadedFile], dict[str, Any]]:
     files: dict[str, UploadedFile] = {}
     fields: dict[str, Any] = {}
     for headers, data in _split_multipart(body, boundary):
@@ -134,31 +150,30 @@ def _parse_multipart(body: bytes, boundary: bytes) -> Inputs:
             files[name] = UploadedFile(filename.decode("utf-8", "replace"), content_type, data)
         else:
             fields[name] = data.decode("utf-8", "replace")
-    return Inputs(files=files, fields=fields)
+    return files, fields
 
 
-def _check_declared(api: ApiSpec, inputs: Inputs) -> Inputs:
+def _check_declared(api: ApiSpec, files: dict[str, UploadedFile], fields: dict[str, Any]) -> None:
     file_fields = api.file_fields
-    for name in inputs.files:
+    for name in files:
         if name not in file_fields and api.request_schema.get("properties"):
             raise InvalidInput(
                 f"unexpected file field '{name}'; this API takes files in: {', '.join(sorted(file_fields)) or 'none'}",
                 error_code="MASERVE.UNEXPECTED_FIELD",
             )
     for name in file_fields:
-        if name in inputs.fields:
+        if name in fields:
             raise InvalidInput(f"field '{name}' must be a file upload", error_code="MASERVE.INVALID_FIELD")
-        upload = inputs.files.get(name)
+        upload = files.get(name)
         if upload is not None and not upload.data:
             raise InvalidInput(f"the file in field '{name}' is empty", error_code="MASERVE.EMPTY_FILE")
     for name in api.required_fields:
-        if name not in inputs.files and name not in inputs.fields:
+        if name not in files and name not in fields:
             kind = "file " if name in file_fields else ""
             raise InvalidInput(f"missing required {kind}field '{name}'", error_code="MASERVE.MISSING_FIELD")
-    return inputs
 
 
-def _parse_json(api: ApiSpec, body: bytes) -> Inputs:
+def _parse_json(api: ApiSpec, body: bytes) -> dict[str, Any]:
     try:
         value = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -168,4 +183,4 @@ def _parse_json(api: ApiSpec, body: bytes) -> Inputs:
     for name in api.required_fields:
         if name not in value:
             raise InvalidInput(f"missing required field '{name}'", error_code="MASERVE.MISSING_FIELD")
-    return Inputs(fields=value)
+    return value

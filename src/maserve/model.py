@@ -34,6 +34,9 @@ class Inputs:
 
     files: dict[str, UploadedFile] = field(default_factory=dict)
     fields: dict[str, Any] = field(default_factory=dict)
+    # The api called, for services that declare several in config.json.
+    url: str = "/"
+    method: str = "POST"
 
 
 class Model:
