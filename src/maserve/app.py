@@ -58,8 +58,6 @@ _HEALTHY = b'{"health": "true"}'
 _UNHEALTHY = b'{"health": "false"}'
 _JSON_HEADER = (b"content-type", b"application/json")
 _CLOSE_HEADER = (b"connection", b"close")
-# Set to 1 to check every answer against the api's response schema (a mismatch answers 500).
-VALIDATE_RESPONSES_ENV = "MASERVE_VALIDATE_RESPONSES"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +86,9 @@ class MaserveApp:
         self._routes: dict[str, dict[str, Route]] = {}
         self._request_id_prefix = uuid.uuid4().hex[:16].encode()
         self._request_count = 0
-        validate_responses = os.environ.get(VALIDATE_RESPONSES_ENV, "").strip().lower() in ("1", "true", "yes")
         for api in config.apis:
-            response = ResponseSchema(api) if validate_responses else None
+            # MASERVE_VALIDATE_RESPONSES=1: check every answer against the api's response schema.
+            response = ResponseSchema(api) if settings.validate_responses else None
             self._routes.setdefault(api.url, {})[api.method] = Route(api, RequestSchema(api), response)
         # GET /openapi.json describes the apis, unless config.json claims that path for itself.
         declared = OPENAPI_URL in self._routes or OPENAPI_URL == config.health_url

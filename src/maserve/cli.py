@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-format", choices=["json", "text"], help="[MASERVE_LOG_FORMAT; json]")
     serve.add_argument("--tls-cert", type=Path, help="PEM certificate for https [MASERVE_TLS_CERT]")
     serve.add_argument("--tls-key", type=Path, help="PEM private key for https [MASERVE_TLS_KEY]")
+    serve.add_argument(
+        "--validate-responses",
+        action="store_true",
+        default=None,
+        help="500 when an answer breaks the response schema [MASERVE_VALIDATE_RESPONSES; off]",
+    )
 
     config = commands.add_parser("config", help="check a model's config.json")
     config_commands = config.add_subparsers(dest="config_command", required=True)

@@ -44,6 +44,7 @@ class Settings:
     log_format: str = field(default="json", metadata={"env": "MASERVE_LOG_FORMAT"})
     tls_cert: Path | None = field(default=None, metadata={"env": "MASERVE_TLS_CERT"})
     tls_key: Path | None = field(default=None, metadata={"env": "MASERVE_TLS_KEY"})
+    validate_responses: bool = field(default=False, metadata={"env": "MASERVE_VALIDATE_RESPONSES"})
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> "Settings":
@@ -95,6 +96,12 @@ class Settings:
 
 def _convert(name: str, kind: Any, raw: str) -> Any:
     kind = str(kind)
+    if kind.startswith("bool"):
+        if raw.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.strip().lower() in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{name} must be 1 or 0, got {raw!r}")
     try:
         if kind.startswith("int"):
             return int(raw)
