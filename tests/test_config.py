@@ -9,7 +9,7 @@ import pytest
 
 from helpers import MNIST_DIR
 from maserve.config import MULTIPART, ConfigError, load_config
-from maserve.settings import Settings, SettingsError
+from maserve.settings import PLATFORM_MODEL_DIR, Settings, SettingsError
 
 
 def _write(tmp_path: Path, config: dict) -> Path:
@@ -121,3 +121,11 @@ def test_cli_flags_override_environment(tmp_path: Path) -> None:
 def test_bad_settings_are_refused(tmp_path: Path, env: dict, message: str) -> None:
     with pytest.raises(SettingsError, match=message.replace("(", r"\(")):
         Settings.load(env={"MASERVE_MODEL_DIR": str(tmp_path), **env})
+
+
+def test_model_dir_defaults_to_the_bundled_example_outside_modelarts() -> None:
+    settings = Settings.load(env={})
+    if PLATFORM_MODEL_DIR.is_dir():
+        assert settings.model_dir == PLATFORM_MODEL_DIR
+    else:
+        assert settings.model_dir == MNIST_DIR.resolve()

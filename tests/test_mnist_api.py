@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import MNIST_DIR, Server, heldout, multipart, post_image, request
+from helpers import MNIST_DIR, Server, assert_matches_response_schema, heldout, multipart, post_image, request
 
 pytestmark = pytest.mark.skipif(not (MNIST_DIR / "model.onnx").exists(), reason="examples/mnist/model.onnx missing")
 SAMPLES = MNIST_DIR / "samples"
@@ -36,6 +36,7 @@ def test_every_sample_is_read_right(mnist_server: Server) -> None:
             assert reply.status == 200, (name, reply.body)
             assert reply.headers["content-type"] == "application/json"
             assert reply.json() == {"mnist_result": label}, name
+            assert_matches_response_schema(MNIST_DIR / "config.json", "/", reply.body)
     finally:
         conn.close()
 

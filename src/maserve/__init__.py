@@ -1,7 +1,7 @@
 """maserve: ship a model as a Huawei Cloud ModelArts custom image."""
 
 from maserve.errors import InvalidInput, ServiceError
-from maserve.model import Inputs, Model, UploadedFile
+from maserve.model import Inputs, Model, ModelProtocol, UploadedFile
 
-__all__ = ["InvalidInput", "Inputs", "Model", "ServiceError", "UploadedFile"]
+__all__ = ["InvalidInput", "Inputs", "Model", "ModelProtocol", "ServiceError", "UploadedFile"]
 __version__ = "0.1.0"

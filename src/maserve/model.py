@@ -12,7 +12,7 @@ import inspect
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from maserve.config import ModelConfig
 
@@ -39,8 +39,19 @@ class Inputs:
     method: str = "POST"
 
 
+@runtime_checkable
+class ModelProtocol(Protocol):
+    """What the server calls on a model: for type checkers and for code that wraps a model."""
+
+    def load(self) -> None: ...
+
+    def warmup(self) -> None: ...
+
+    def predict(self, inputs: Inputs) -> Any: ...
+
+
 class Model:
-    """Subclass this in `service.py`.
+    """Subclass this in `service.py` (it satisfies `ModelProtocol`).
 
     `load` runs once per worker before the service reports healthy, `warmup` right after it (one
     real inference, so the first caller does not pay for lazy initialisation), and `predict` once

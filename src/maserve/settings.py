@@ -24,8 +24,16 @@ def _default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+# The MNIST example of a source checkout (an editable install): the model served when none is named.
+BUNDLED_MODEL_DIR = Path(__file__).resolve().parents[2] / "examples" / "mnist"
+
+
 def _default_model_dir() -> Path | None:
-    return PLATFORM_MODEL_DIR if PLATFORM_MODEL_DIR.is_dir() else None
+    """/home/mind/model (ModelArts' custom-engine flow) when it exists, else the bundled example."""
+    for candidate in (PLATFORM_MODEL_DIR, BUNDLED_MODEL_DIR):
+        if (candidate / "config.json").is_file():
+            return candidate
+    return None
 
 
 @dataclass(frozen=True)
