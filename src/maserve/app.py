@@ -36,6 +36,7 @@ from maserve.errors import (
 from maserve.logs import fields
 from maserve.model import Model, load_model
 from maserve.openapi import OPENAPI_URL, openapi_document
+from maserve.readiness import StartupGate
 from maserve.schema import RequestSchema, ResponseSchema
 from maserve.settings import Settings
 
@@ -81,7 +82,8 @@ class MaserveApp:
         self.config = config
         self._model_factory = model_factory
         self._model: Model | None = None
-        self._ready = asyncio.Event()
+        self._ready = asyncio.Event()  # this worker's model is loaded and warmed up
+        self._gate = StartupGate(settings.workers)  # ... and every worker's, at start
         self._executor: ThreadPoolExecutor | None = None
         self._routes: dict[str, dict[str, Route]] = {}
         self._request_id_prefix = uuid.uuid4().hex[:16].encode()
@@ -127,6 +129,7 @@ class MaserveApp:
             os._exit(WORKER_BOOT_ERROR)
         self._model = model
         self._ready.set()
+        self._gate.worker_loaded()
         elapsed = round((time.perf_counter() - started) * 1000, 1)
         log.info("model loaded and warmed up", extra=fields(pid=os.getpid(), load_ms=elapsed))
 
@@ -157,7 +160,8 @@ class MaserveApp:
         headers = [_JSON_HEADER, (b"x-request-id", request_id)]
         try:
             if path == self.config.health_url and method in ("GET", "HEAD") and path not in self._routes:
-                status, body = (200, _HEALTHY) if self._ready.is_set() else (503, _UNHEALTHY)
+                healthy = self._ready.is_set() and self._gate.all_loaded()
+                status, body = (200, _HEALTHY) if healthy else (503, _UNHEALTHY)
             elif path == self._openapi_url and method in ("GET", "HEAD"):
                 status, body = 200, self._openapi
             else:

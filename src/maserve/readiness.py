@@ -1,0 +1,34 @@
+"""Server-wide readiness across gunicorn's forked workers.
+
+Each worker loads the model on its own. If /health answered for the worker that happens to take
+the connection, a probe could see 200 from a loaded worker and then 503 from one still loading.
+The gate, made in the master before the fork, counts loaded workers in shared memory: the server is
+healthy once every worker it started with has loaded and warmed up. A worker restarted later still
+answers 503 itself until it has reloaded (its requests wait for the model).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+
+class StartupGate:
+    """Counts the workers that finished loading, in memory shared with the forked workers."""
+
+    def __init__(self, workers: int) -> None:
+        self._workers = workers
+        self._loaded = multiprocessing.RawValue("i", 0)
+        self._lock = multiprocessing.Lock()
+        self._creator_pid = os.getpid()
+
+    def worker_loaded(self) -> None:
+        with self._lock:
+            self._loaded.value += 1
+
+    def all_loaded(self) -> bool:
+        """True once every initial worker loaded; also when this process was not forked from the
+        gate's creator (an app built per process, or run in process): then each answers for itself."""
+        if os.getpid() == self._creator_pid:
+            return True
+        return self._loaded.value >= self._workers
