@@ -8,6 +8,8 @@ from types import ModuleType
 
 import onnxruntime as ort
 
+from maserve.onnx import onnx_session
+
 REPO = Path(__file__).resolve().parent.parent
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
@@ -19,8 +21,4 @@ def load(model_dir: Path) -> tuple[ModuleType, ort.InferenceSession]:
     assert spec is not None and spec.loader is not None
     preprocess = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(preprocess)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(model_dir / "model.onnx"), sess_options=options, providers=["CPUExecutionProvider"])
-    return preprocess, session
+    return preprocess, onnx_session(model_dir / "model.onnx")

@@ -9,21 +9,16 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from maserve import Inputs, Model
+from maserve.onnx import onnx_session
 
 CLASSES = ("setosa", "versicolor", "virginica")
 
 
 class IrisService(Model):
     def load(self) -> None:
-        options = ort.SessionOptions()
-        # One thread per session: gunicorn already runs one worker per core.
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        path = str(self.model_dir / "model.onnx")
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(self.model_dir / "model.onnx")
         self.input_name = self.session.get_inputs()[0].name
 
     def warmup(self) -> None:

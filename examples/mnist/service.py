@@ -7,11 +7,11 @@ import os
 import warnings
 
 import numpy as np
-import onnxruntime as ort
 from PIL import Image, UnidentifiedImageError
-
-from maserve import InvalidInput, Inputs, Model, UploadedFile
 from preprocess import NoDigitError, image_to_tensor
+
+from maserve import Inputs, InvalidInput, Model, UploadedFile
+from maserve.onnx import onnx_session
 
 # Refuse images whose header declares more pixels than this, before decoding them (bombs).
 MAX_IMAGE_PIXELS = int(os.environ.get("MASERVE_MAX_IMAGE_PIXELS", 40_000_000))
@@ -22,12 +22,7 @@ class MnistService(Model):
     """`POST /` with a file field `images` → `{"mnist_result": <digit>}`."""
 
     def load(self) -> None:
-        options = ort.SessionOptions()
-        # One thread per session: gunicorn already runs one worker per core.
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        path = str(self.model_dir / "model.onnx")
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(self.model_dir / "model.onnx")
         self.input_name = self.session.get_inputs()[0].name
 
     def warmup(self) -> None:
