@@ -1,5 +1,5 @@
 """The command line: `maserve serve` (every flag mirrors a MASERVE_* variable), `maserve config
-validate`, `maserve init` and `maserve predict`."""
+validate`, `maserve init`, `maserve predict` and `maserve check`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -63,7 +64,27 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="model directory")
     predict.add_argument("input", metavar="INPUT", help="a JSON string, a .json file, or a file to upload")
     predict.add_argument("--api", metavar="URL", help="the apis[].url to call [the first api]")
+    _check_parser(commands)
     return parser
+
+
+def _check_parser(commands: argparse._SubParsersAction) -> None:
+    check = commands.add_parser(
+        "check", help="run every point of ModelArts' custom-image spec against a service and report"
+    )
+    check.add_argument("url", nargs="?", metavar="URL", help="a running service, e.g. http://127.0.0.1:8080")
+    check.add_argument("--cmd", metavar="COMMAND", help='start the service with sh -c COMMAND, e.g. "sh image/run.sh"')
+    check.add_argument(
+        "--config", type=Path, metavar="PATH", help="config.json or model directory (samples/ next to it)"
+    )
+    check.add_argument("--cwd", type=Path, metavar="DIR", help="working directory of --cmd")
+    check.add_argument("--json", action="store_true", help="print the results as JSON")
+    check.add_argument("--keepalive-seconds", type=float, default=15.0, metavar="N", help="idle time tested [15]")
+    check.add_argument("--full", action="store_true", help="test the spec's full 200 s keep-alive")
+    check.add_argument("--grace", type=float, default=60.0, metavar="S", help="the service's grace period [60]")
+    check.add_argument("--stop-bound", type=float, default=90.0, metavar="S", help="exit limit after SIGTERM [90]")
+    check.add_argument("--port", type=int, default=8080, metavar="P", help="the port ModelArts calls [8080]")
+    check.add_argument("--https", action="store_true", help="talk TLS (without verifying the certificate)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         return _init(args.name, args.dir)
     if args.command == "predict":
         return local.predict(args.model_dir, args.input, args.api)
+    if args.command == "check":
+        return _check(args)
     return 2  # pragma: no cover - argparse enforces the command
 
 
@@ -117,6 +140,41 @@ def _validate(path: Path, as_json: bool) -> int:
         verdict = "invalid" if errors else "valid"
         print(f"{config_path}: {verdict}, {_count(errors, 'error')}, {_count(warnings, 'warning')}")
     return 1 if errors else 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    """Exit 0 when no check FAILs, 1 otherwise, 2 on a usage error."""
+    from maserve.check import Options, run
+    from maserve.check.report import as_json, as_table
+
+    if (args.url is None) == (args.cmd is None):
+        print("maserve check: give either URL or --cmd COMMAND (one of them)", file=sys.stderr)
+        return 2
+    if args.config is not None and not args.config.exists():
+        print(f"maserve check: --config {args.config}: not found", file=sys.stderr)
+        return 2
+    if args.cwd is not None and not args.cwd.is_dir():
+        print(f"maserve check: --cwd {args.cwd}: not a directory", file=sys.stderr)
+        return 2
+    if min(args.keepalive_seconds, args.grace, args.stop_bound) < 0 or not 0 < args.port < 65536:
+        print("maserve check: times must be >= 0 and the port in 1-65535", file=sys.stderr)
+        return 2
+    options = Options(
+        url=args.url,
+        cmd=args.cmd,
+        config=args.config,
+        cwd=args.cwd,
+        port=args.port,
+        https=args.https,
+        keepalive_seconds=200.0 if args.full else args.keepalive_seconds,
+        grace=args.grace,
+        stop_bound=args.stop_bound,
+    )
+    # SIGTERM ends the checker through `finally`, so the command it started is killed, not orphaned.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    results = run(options)
+    print(as_json(results) if args.json else as_table(results))
+    return 1 if any(r.verdict == "FAIL" for r in results) else 0
 
 
 def _count(n: int, noun: str) -> str:

@@ -1,0 +1,49 @@
+"""One verdict per check, with the spec line it enforces, so a report reads as the spec's checklist."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass
+
+PASS = "PASS"
+FAIL = "FAIL"
+WARN = "WARN"
+SKIP = "SKIP"
+
+# Verbatim fragments of /work/shared/spec/modelarts-custom-image-spec.txt, one per check.
+SPEC = {
+    "config": "The inference API must be the same as the URL defined by apis in config.json.",
+    "port": "curl -X POST \\ http://{Listening IP address}:8080/ … listen_ip indicates the container IP address.",
+    "health": 'GET /health … Sample response {"health": "true"} … 200 OK Request sent',
+    "apis": "The inference API must be the same as the URL defined by apis in config.json.",
+    "logs": "Configure standard output so that logs can be properly displayed.",
+    "keepalive": "To ensure that services are not interrupted during a rolling upgrade, set HTTP keep-alive to 200.",
+    "shutdown": "capture SIGTERM signals in the container and wait for 60s before gracefully exiting … "
+    "processes all received requests. The whole duration is not longer than 90s.",
+}
+ORDER = tuple(SPEC)
+
+
+@dataclass(frozen=True)
+class Result:
+    check: str
+    verdict: str
+    evidence: str
+
+    @property
+    def spec(self) -> str:
+        return SPEC[self.check]
+
+    def as_dict(self) -> dict[str, str]:
+        return {**asdict(self), "spec": self.spec}
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """Evidence is one table cell: newlines folded, length bounded."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def progress(message: str) -> None:
+    """Long checks say what they are doing on stderr; stdout stays the report."""
+    print(f"maserve check: {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,86 @@
+"""Runs the checks in the spec's order against one target and always cleans up what it started."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from maserve.check.keepalive import check_keepalive
+from maserve.check.load import Call
+from maserve.check.result import SKIP, Result
+from maserve.check.samples import Sample, all_samples
+from maserve.check.service import URL_HEALTH_WAIT, check_apis, check_logs, wait_healthy
+from maserve.check.shutdown import check_shutdown
+from maserve.check.static import check_config, check_url_port, wait_listening
+from maserve.check.target import Options, Target, from_url, start_command
+from maserve.config import ConfigError, ModelConfig, load_config, read_config
+
+__all__ = ["Options", "run"]
+
+HTTP_CHECKS = ("health", "apis", "logs", "keepalive", "shutdown")
+
+
+def run(options: Options) -> list[Result]:
+    results = [check_config(options.config_path)]
+    config = _config(options)
+    raw = _raw(options)
+    health_path = config.health_url if config else str((raw.get("health") or {}).get("url", "/health"))
+    target = start_command(options) if options.cmd else from_url(options.url or "", options.https)
+    try:
+        if target.is_command:
+            port, reachable = wait_listening(target, options)
+        else:
+            port, reachable = check_url_port(target, options), True
+        results.append(port)
+        if not reachable:
+            return results + [Result(name, SKIP, "the service never listened on the expected port")
+                              for name in HTTP_CHECKS]
+        results += _http_checks(target, options, config, raw, health_path)
+    finally:
+        target.cleanup()
+    return results
+
+
+def _http_checks(target: Target, options: Options, config: ModelConfig | None, raw: dict[str, Any],
+                 health_path: str) -> list[Result]:
+    limit = options.listen_timeout if target.is_command else URL_HEALTH_WAIT
+    health, _ = wait_healthy(target, health_path, limit, _initial_delay(raw))
+    out = [health]
+    samples: dict[str, list[Sample]] = {}
+    if config is None:
+        reason = "no --config given" if options.config is None else "config.json is not valid"
+        out.append(Result("apis", SKIP, f"{reason}: the apis are unknown"))
+    else:
+        samples, problems = all_samples(options.model_dir, config.apis)
+        out.append(check_apis(target, config.apis, samples, problems))
+    flat = [s for group in samples.values() for s in group]
+    out.append(check_logs(target, health_path, flat[0] if flat else None))
+    out.append(check_keepalive(target, health_path, options.keepalive_seconds))
+    calls = [Call(s.method, s.url, s.body, s.headers) for s in flat] or [Call("GET", health_path, None, {})]
+    out.append(check_shutdown(target, options, calls))
+    return out
+
+
+def _config(options: Options) -> ModelConfig | None:
+    path = options.config_path
+    if path is None:
+        return None
+    try:
+        return load_config(path)
+    except ConfigError:
+        return None
+
+
+def _raw(options: Options) -> dict[str, Any]:
+    path = options.config_path
+    try:
+        return read_config(path) if path else {}
+    except ConfigError:
+        return {}
+
+
+def _initial_delay(raw: dict[str, Any]) -> float | None:
+    value = (raw.get("health") or {}).get("initial_delay_seconds")
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
