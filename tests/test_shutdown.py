@@ -345,3 +345,23 @@ def test_refuses_grace_plus_drain_over_90_seconds(tmp_path: Path) -> None:
         assert "Listening at" not in logs
     finally:
         server.stop()
+
+
+def test_answers_ask_clients_to_reconnect_during_the_grace(tmp_path: Path) -> None:
+    """Keep-alive until SIGTERM; then `Connection: close` on each answer, so no client is left holding
+    an idle connection that the drain would close under its next request."""
+    server = start_server(tmp_path, ECHO_DIR, env={"MASERVE_GRACE_SECONDS": "3"})
+    try:
+        conn = server.connect()
+        before = echo_request(conn, 10)
+        assert before.status == 200 and "connection" not in before.headers
+        server.signal(signal.SIGTERM)
+        server.wait_log(lambda r: "SIGTERM received" in r.get("message", ""))
+        fresh = server.connect()
+        during = echo_request(fresh, 20)
+        assert during.status == 200 and during.headers.get("connection") == "close"
+        fresh.close()
+        conn.close()
+        assert server.proc.wait(timeout=15) == 0
+    finally:
+        server.stop()

@@ -36,7 +36,7 @@ from maserve.errors import (
 from maserve.logs import fields
 from maserve.model import Model, load_model
 from maserve.openapi import OPENAPI_URL, openapi_document
-from maserve.readiness import StartupGate
+from maserve.readiness import StartupGate, StopFlag
 from maserve.schema import RequestSchema, ResponseSchema
 from maserve.settings import Settings
 
@@ -84,6 +84,7 @@ class MaserveApp:
         self._model: Model | None = None
         self._ready = asyncio.Event()  # this worker's model is loaded and warmed up
         self._gate = StartupGate(settings.workers)  # ... and every worker's, at start
+        self.stopping = StopFlag()  # set by the master on SIGTERM/SIGINT
         self._executor: ThreadPoolExecutor | None = None
         self._routes: dict[str, dict[str, Route]] = {}
         self._request_id_prefix = uuid.uuid4().hex[:16].encode()
@@ -173,7 +174,7 @@ class MaserveApp:
             status, body = exc.status, exc.body()
             if isinstance(exc, MethodNotAllowed):
                 headers.append((b"allow", ", ".join(exc.allowed).encode()))
-            if isinstance(exc, PayloadTooLarge):
+            if isinstance(exc, PayloadTooLarge) and not self.stopping.is_set():
                 headers.append(_CLOSE_HEADER)  # the rest of the body is not worth reading
         except _ClientGone:
             self._log(request_id, method, path, 499, started, 0, None)
@@ -182,6 +183,8 @@ class MaserveApp:
             log.exception("unexpected error", extra=fields(request_id=request_id.decode()))
             error = ServiceError("internal server error")
             status, body = error.status, error.body()
+        if self.stopping.is_set():
+            headers.append(_CLOSE_HEADER)
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})

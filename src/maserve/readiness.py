@@ -32,3 +32,21 @@ class StartupGate:
         if os.getpid() == self._creator_pid:
             return True
         return self._loaded.value >= self._workers
+
+
+class StopFlag:
+    """Set by the master when the stop signal arrives, read by every worker (shared memory).
+
+    During the grace period each answer then carries `Connection: close`: clients reconnect (new
+    connections are still accepted) instead of keeping idle connections that the drain would close
+    under a request they are about to send.
+    """
+
+    def __init__(self) -> None:
+        self._value = multiprocessing.RawValue("b", 0)
+
+    def set(self) -> None:
+        self._value.value = 1
+
+    def is_set(self) -> bool:
+        return bool(self._value.value)

@@ -14,7 +14,7 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
@@ -71,9 +71,10 @@ class MaserveWorker(UvicornWorker):
 class GraceArbiter(Arbiter):
     """gunicorn's master, with a grace period between the stop signal and the graceful stop."""
 
-    def __init__(self, app: BaseApplication, grace_seconds: float) -> None:
+    def __init__(self, app: BaseApplication, grace_seconds: float, on_stop: Callable[[], None]) -> None:
         super().__init__(app)
         self.grace_seconds = grace_seconds
+        self.on_stop = on_stop
         self.stop_at: float | None = None
 
     def _begin_grace(self, name: str) -> None:
@@ -85,6 +86,7 @@ class GraceArbiter(Arbiter):
                 log.info(f"{name} received again: already stopping")
             return
         self.stop_at = time.monotonic() + self.grace_seconds
+        self.on_stop()
         log.info(
             f"{name} received: still serving for the {self.grace_seconds:g} s grace period, then draining",
             extra=fields(signal=name, grace_seconds=self.grace_seconds),
@@ -128,7 +130,7 @@ class MaserveApplication(BaseApplication):
         return self.asgi_app
 
     def run(self) -> None:
-        GraceArbiter(self, self.settings.grace_seconds).run()
+        GraceArbiter(self, self.settings.grace_seconds, self.asgi_app.stopping.set).run()
 
 
 def gunicorn_options(settings: Settings, config: ModelConfig) -> dict[str, Any]:
