@@ -85,6 +85,11 @@ def _check_parser(commands: argparse._SubParsersAction) -> None:
     check.add_argument("--stop-bound", type=float, default=90.0, metavar="S", help="exit limit after SIGTERM [90]")
     check.add_argument("--port", type=int, default=8080, metavar="P", help="the port ModelArts calls [8080]")
     check.add_argument("--https", action="store_true", help="talk TLS (without verifying the certificate)")
+    check.add_argument("--image", metavar="IMAGE", help="run IMAGE with podman/docker and check it, image checks too")
+    check.add_argument("--engine", choices=("podman", "docker"), help="--image: engine [docker if `docker info` works, else podman]")
+    check.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                       help="--image: environment for the container (repeatable); the image's own env otherwise")
+    check.add_argument("--batch", action="store_true", help="--image: a batch service (python, java and zip required)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,8 +152,14 @@ def _check(args: argparse.Namespace) -> int:
     from maserve.check import Options, run
     from maserve.check.report import as_json, as_table
 
-    if (args.url is None) == (args.cmd is None):
-        print("maserve check: give either URL or --cmd COMMAND (one of them)", file=sys.stderr)
+    if sum(x is not None for x in (args.url, args.cmd, args.image)) != 1:
+        print("maserve check: give either URL, --cmd COMMAND or --image IMAGE (one of them)", file=sys.stderr)
+        return 2
+    if args.image is None and (args.env or args.engine or args.batch):
+        print("maserve check: --env, --engine and --batch go with --image", file=sys.stderr)
+        return 2
+    if any("=" not in item or item.startswith("=") for item in args.env):
+        print("maserve check: --env takes KEY=VALUE", file=sys.stderr)
         return 2
     if args.config is not None and not args.config.exists():
         print(f"maserve check: --config {args.config}: not found", file=sys.stderr)
@@ -169,6 +180,10 @@ def _check(args: argparse.Namespace) -> int:
         keepalive_seconds=200.0 if args.full else args.keepalive_seconds,
         grace=args.grace,
         stop_bound=args.stop_bound,
+        image=args.image,
+        engine=args.engine,
+        env=tuple(args.env),
+        batch=args.batch,
     )
     # SIGTERM ends the checker through `finally`, so the command it started is killed, not orphaned.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

@@ -24,20 +24,29 @@ def _hex_address(hex_ip: str) -> str:
     return socket.inet_ntop(socket.AF_INET6, struct.pack(">4I", *words))
 
 
+def parse_tcp_table(text: str) -> dict[int, tuple[str, int]]:
+    """inode → (address, port) of the LISTEN sockets in /proc/net/tcp{,6} text (header lines skipped)."""
+    out: dict[int, tuple[str, int]] = {}
+    for line in text.splitlines():
+        cols = line.split()
+        if len(cols) < 10 or cols[3] != LISTEN_STATE or ":" not in cols[1]:
+            continue
+        hex_ip, hex_port = cols[1].split(":")
+        try:
+            out[int(cols[9])] = (_hex_address(hex_ip), int(hex_port, 16))
+        except ValueError:
+            continue
+    return out
+
+
 def listening_sockets() -> dict[int, tuple[str, int]]:
     """inode → (address, port) of every TCP LISTEN socket in this network namespace."""
     out: dict[int, tuple[str, int]] = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
-            lines = Path(table).read_text().splitlines()[1:]
+            out.update(parse_tcp_table(Path(table).read_text()))
         except OSError:
             continue
-        for line in lines:
-            cols = line.split()
-            if len(cols) < 10 or cols[3] != LISTEN_STATE:
-                continue
-            hex_ip, hex_port = cols[1].split(":")
-            out[int(cols[9])] = (_hex_address(hex_ip), int(hex_port, 16))
     return out
 
 

@@ -20,6 +20,13 @@ SPEC = {
     "keepalive": "To ensure that services are not interrupted during a rolling upgrade, set HTTP keep-alive to 200.",
     "shutdown": "capture SIGTERM signals in the container and wait for 60s before gracefully exiting … "
     "processes all received requests. The whole duration is not longer than 90s.",
+    # The image checks (`--image` only).
+    "boot": "set the boot file of an image to /home/run.sh and use CMD to set the default boot path. … "
+    'CMD ["sh", "/home/run.sh"]',
+    "size": "The size of a custom image cannot exceed 10 GB.",
+    "user": "(not in the spec) ModelArts' convention: the service runs as ma-user (uid 1000, gid 100), not root",
+    "batch-deps": "To deploy a batch service, install dependency packages such as Python, JRE/JDK, and ZIP in the image.",
+    "secrets": "No malicious code is allowed. (and no credentials baked into the image)",
 }
 ORDER = tuple(SPEC)
 

@@ -6,8 +6,6 @@ accepted, and exit before the platform's bound; the checker measures each of tho
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import time
 
@@ -33,16 +31,15 @@ def check_shutdown(target: Target, options: Options, calls: list[Call]) -> Resul
     progress(f"shutdown: {WARMUP:g} s of load, then SIGTERM; grace {options.grace:g} s, bound {options.stop_bound:g} s")
     load.start()
     time.sleep(WARMUP)
-    service = target.service_pid()
     term = time.monotonic()
-    os.kill(service, signal.SIGTERM)
+    target.terminate()
     exited_after = _wait_exit(proc, term, options.stop_bound + KILL_MARGIN)
     if exited_after is not None:
         time.sleep(AFTER_EXIT)
     load.finish()
     if exited_after is None:
         target.cleanup()
-    return _verdict(load.outcomes, term, exited_after, proc.returncode, options)
+    return _verdict(load.outcomes, term, exited_after, target.exit_code(), options)
 
 
 def _wait_exit(proc: subprocess.Popen[bytes], term: float, limit: float) -> float | None:

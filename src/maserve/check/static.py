@@ -48,7 +48,7 @@ def wait_listening(target: Target, options: Options) -> tuple[Result, bool]:
     listens: list[tuple[str, int]] = []
     other_since: float | None = None
     for _ in range(int(options.listen_timeout / POLL) + 2):
-        listens = listen.session_listens(target.proc.pid)
+        listens = target.listens()
         on_port = [a for a, p in listens if p == options.port]
         elapsed = time.monotonic() - target.started
         if on_port:

@@ -1,4 +1,5 @@
-"""What is checked: a service at a URL, or a command the checker starts and owns.
+"""What is checked: a service at a URL, or a command the checker starts and owns (an image the
+checker runs is in image.py).
 
 A started command runs with `sh -c` in its own session (so the checker can find its sockets and
 clean up every process it forked) with stdout and stderr captured to a file (the logs check).
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from maserve.check import listen
 from maserve.check.client import Endpoint
 
 
@@ -30,6 +32,10 @@ class Options:
     grace: float = 60.0
     stop_bound: float = 90.0
     listen_timeout: float = 60.0
+    image: str | None = None
+    engine: str | None = None
+    env: tuple[str, ...] = ()
+    batch: bool = False
 
     @property
     def config_path(self) -> Path | None:
@@ -68,6 +74,18 @@ class Target:
 
     def tail(self, lines: int = 3) -> str:
         return " | ".join(self.output().splitlines()[-lines:])
+
+    def listens(self) -> list[tuple[str, int]]:
+        """(address, port) pairs the started command listens on."""
+        assert self.proc is not None
+        return listen.session_listens(self.proc.pid)
+
+    def terminate(self) -> None:
+        """SIGTERM to the service, as ModelArts stops a container."""
+        os.kill(self.service_pid(), signal.SIGTERM)
+
+    def exit_code(self) -> int | None:
+        return self.proc.returncode if self.proc is not None else None
 
     def service_pid(self) -> int:
         """The command's own process, which gets SIGTERM as PID 1 does in the container.
