@@ -10,14 +10,20 @@ import asyncio
 import contextlib
 import json
 import logging
-import mimetypes
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
 from maserve.app import MaserveApp, build_app
-from maserve.config import JSON, MULTIPART, ApiSpec, ConfigError, ModelConfig, load_config
+from maserve.config import (
+    JSON,
+    MULTIPART,
+    ApiSpec,
+    ConfigError,
+    ModelConfig,
+    load_config,
+)
+from maserve.multipart import encode_multipart
 from maserve.settings import Settings, SettingsError
 
 
@@ -78,7 +84,7 @@ def _request_body(api: ApiSpec, given: str) -> tuple[bytes, str]:
     if not isinstance(values, dict):
         raise UsageError(f"{api.method} {api.url} takes {MULTIPART}: INPUT must be a JSON object of fields")
     form = {k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
-    return _multipart([], form)
+    return encode_multipart([], form)
 
 
 def _upload(api: ApiSpec, path: Path) -> tuple[bytes, str]:
@@ -86,29 +92,8 @@ def _upload(api: ApiSpec, path: Path) -> tuple[bytes, str]:
     if len(fields_) != 1:
         takes = f"file fields {', '.join(fields_)}" if fields_ else f"no file ({api.request_content_type or JSON})"
         raise UsageError(f"{api.method} {api.url} takes {takes}: give JSON, or pick an api with --api")
-    return _multipart([(fields_[0], path.name, path.read_bytes())], {})
+    return encode_multipart([(fields_[0], path.name, path.read_bytes())], {})
 
-
-def _multipart(files: list[tuple[str, str, bytes]], form: dict[str, str]) -> tuple[bytes, str]:
-    """Encode a multipart/form-data body as a browser or curl -F would (RFC 7578)."""
-    boundary = uuid.uuid4().hex
-    parts: list[bytes] = []
-    for name, value in form.items():
-        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{_quote(name)}"\r\n\r\n'
-        parts.append(head.encode() + value.encode() + b"\r\n")
-    for name, filename, data in files:
-        ctype = mimetypes.guess_type(filename)[0] or "application/octet-stream"
-        head = (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{_quote(name)}"; filename="{_quote(filename)}"'
-            f"\r\nContent-Type: {ctype}\r\n\r\n"
-        )
-        parts.append(head.encode() + data + b"\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"{MULTIPART}; boundary={boundary}"
-
-
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", " ")
 
 
 async def _call(app: MaserveApp, config: ModelConfig, api: ApiSpec, body: bytes, ctype: str) -> tuple[int, bytes]:

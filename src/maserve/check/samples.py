@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from maserve.config import JSON, MULTIPART, ApiSpec
+from maserve.multipart import encode_multipart
 
 _ROUTE_KEY = re.compile(r"^[A-Za-z]+ /")
 
@@ -71,22 +71,13 @@ def build(model_dir: Path, api: ApiSpec, name: str, expected: Any) -> Sample:
         fields = sorted(api.file_fields)
         if len(fields) != 1:
             raise SampleError(f"{route(api)} declares {len(fields)} file fields; a sample fills exactly one")
-        body, ctype = multipart(fields[0], name, data)
+        body, ctype = encode_multipart([(fields[0], name, data)], {})
         return Sample(name, api.method, api.url, body, {"Content-Type": ctype}, expected)
     if api.request_content_type == JSON:
         if path.suffix != ".json":
             raise SampleError(f"{name}: an application/json api takes a .json sample")
         return Sample(name, api.method, api.url, data, {"Content-Type": JSON}, expected)
     raise SampleError(f"{route(api)}: cannot build a {api.request_content_type} request")
-
-
-def multipart(field: str, filename: str, data: bytes) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    head = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode()
-    return head + data + f"\r\n--{boundary}--\r\n".encode(), f"{MULTIPART}; boundary={boundary}"
 
 
 def all_samples(model_dir: Path | None, apis: tuple[ApiSpec, ...]) -> tuple[dict[str, list[Sample]], list[str]]:
