@@ -6,12 +6,9 @@
 # gunicorn master directly. The master logs it, keeps serving for MASERVE_GRACE_SECONDS (60),
 # stops accepting, lets accepted requests finish (up to MASERVE_DRAIN_SECONDS) and exits 0;
 # if the server dies on its own, the container exits with its non-zero status at once.
+# The model directory is MASERVE_MODEL_DIR, else /home/mind/model (maserve's own default).
 set -eu
 
-if [ -z "${MASERVE_MODEL_DIR:-}" ] && [ -d /home/mind/model ]; then
-    MASERVE_MODEL_DIR=/home/mind/model
-    export MASERVE_MODEL_DIR
-fi
 PYTHONUNBUFFERED=1
 export PYTHONUNBUFFERED
 
