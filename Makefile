@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test bench train clean
+.PHONY: run test image-check bench train clean
 
 $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
@@ -20,6 +20,10 @@ run: $(STAMP)
 # The whole suite, slow shutdown tests included.
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# CI's second stage: build the MNIST image offline with podman and check it (root; see image/ci-image.sh).
+image-check: $(STAMP)
+	MASERVE_BIN=$(BIN)/maserve sh image/ci-image.sh
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --output bench/RESULTS.md

@@ -1,11 +1,12 @@
 """`maserve check --image` against real images run by podman or docker: the MNIST image (every check
-PASS, batch-deps WARN) and a bad image (wrong CMD, root, a private key in /home).
+PASS, batch-deps WARN) and a bad image (wrong CMD, files its user may write, a private key in /home).
 
 They need an engine that can run containers (docker with a daemon, or podman; on machines like
-ours podman needs `. image/podman-env.sh` first) and are skipped with the reason otherwise. The
-MNIST image is MASERVE_TEST_IMAGE (default maserve-mnist:check); when it is missing it is built
-with image/build.sh from MASERVE_TEST_BASE (default localhost/debian-python:bookworm, made by
-image/make-base.sh), which takes a minute or two.
+ours podman needs `. image/podman-env.sh` first) and are skipped with the reason otherwise; CI runs
+them (.ci/run installs podman and its image stage builds the image first). The MNIST image is
+MASERVE_TEST_IMAGE (default maserve-mnist:check); when it is missing it is built with
+`maserve build --offline` from MASERVE_TEST_BASE (default localhost/debian-python:bookworm, made by
+`maserve base-image`), which takes a minute or two.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def engine() -> str:
     name = os.environ.get("MASERVE_TEST_ENGINE") or default_engine()
     if not engine_works(name):
         pytest.skip(f"no container engine works here (`{name} info` failed; for podman on these machines "
-                    "source image/podman-env.sh first); CI for the image checks is a later issue")
+                    "source image/podman-env.sh first)")
     return name
 
 
@@ -48,9 +49,9 @@ def mnist_image(engine: str) -> str:
     if not mnist_model_present():
         pytest.skip("examples/mnist/model.onnx is trained separately")
     if not _exists(engine, BASE):
-        pytest.skip(f"neither {IMAGE} nor the base {BASE} exists (image/make-base.sh makes the base)")
-    subprocess.run([str(ROOT / "image" / "build.sh"), "-e", engine, "-b", BASE, "-t", IMAGE],
-                   check=True, cwd=ROOT, timeout=900)
+        pytest.skip(f"neither {IMAGE} nor the base {BASE} exists (`maserve base-image` makes the base)")
+    subprocess.run([str(MASERVE_BIN), "build", "examples/mnist", "--offline", "--engine", engine,
+                    "--base-image", BASE, "--tag", IMAGE], check=True, cwd=ROOT, timeout=900)
     return IMAGE
 
 
@@ -81,6 +82,8 @@ def test_mnist_image_passes(engine: str, mnist_image: str) -> None:
     assert "python" not in evidence["batch-deps"].split("(")[0], shown
     assert all(v == "PASS" for v in verdicts.values()), shown
     assert "1000" in evidence["user"], shown
+    # The model and the code are read-only to ma-user: it writes to its home and /tmp only.
+    assert "may write only to /home/ma-user, /tmp, /var/tmp" in evidence["user"], shown
     assert report["ok"] is True and out.returncode == 0, shown
     assert "maserve-check-" not in _containers(engine), "the checker left a container behind"
 
@@ -88,9 +91,12 @@ def test_mnist_image_passes(engine: str, mnist_image: str) -> None:
 BAD_DOCKERFILE = """\
 ARG BASE
 FROM ${BASE}
+USER root
+RUN (getent passwd 1000 >/dev/null || useradd -u 1000 app) && mkdir -p /srv/app/data && chown -R 1000 /srv/app
 COPY id_rsa /home/deploy/id_rsa
 ENV AWS_SECRET_ACCESS_KEY=not-a-real-one
-USER root
+USER 1000
+WORKDIR /
 CMD ["python3", "-m", "http.server", "8080"]
 """
 FAKE_KEY = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAnotarealkeyjustfortests\n-----END RSA PRIVATE KEY-----\n"
@@ -113,7 +119,7 @@ def test_bad_image_is_flagged(engine: str, mnist_image: str, tmp_path: Path) -> 
     verdicts = {r["check"]: r["verdict"] for r in report["results"]}
     evidence = {r["check"]: r["evidence"] for r in report["results"]}
     assert verdicts["boot"] == "FAIL" and "python3" in evidence["boot"], shown
-    assert verdicts["user"] == "WARN", shown
+    assert verdicts["user"] == "WARN" and "/srv/app, /srv/app/data" in evidence["user"], shown
     assert verdicts["secrets"] == "WARN", shown
     assert "/home/deploy/id_rsa" in evidence["secrets"] and "AWS_SECRET_ACCESS_KEY" in evidence["secrets"], shown
     assert "not-a-real-one" not in out.stdout, "a secret's value must not be printed"
@@ -138,6 +144,12 @@ def test_image_facts_without_an_engine() -> None:
 
     bad = {"Size": 11 * 1024**3, "Config": {"Entrypoint": ["python3"], "Cmd": ["sh", "/home/run.sh"],
                                             "User": "0", "Env": ["HUAWEICLOUD_SDK_SK=x", "MY_TOKEN=y"]}}
+    writable = Probe(boot_file=True, users={"1000": "ma-user"}, home="/home/ma-user",
+                     writable=["/home/mind/model", "/home/mind/model/model.onnx"])
+    found = {r.check: r for r in image_checks(good, writable, Options())}
+    assert found["user"].verdict == "WARN"
+    assert "outside /home/ma-user, /tmp, /var/tmp: /home/mind/model, /home/mind/model/model.onnx" in found["user"].evidence
+
     probe = Probe(boot_file=False, findings={"password": ["/app/settings.ini"]})
     found = {r.check: r for r in image_checks(bad, probe, Options())}
     assert [found[n].verdict for n in NAMES[7:]] == ["FAIL", "FAIL", "WARN", "WARN", "WARN"]

@@ -112,7 +112,7 @@ def test_init_scaffolds_a_model_that_validates_serves_and_predicts(tmp_path: Pat
     assert sorted(p.name for p in model.iterdir()) == ["README.md", "config.json", "service.py"]
     assert json.loads((model / "config.json").read_text())["model_algorithm"] == "digits"
     assert "maserve serve digits" in (model / "README.md").read_text()
-    assert "image/build.sh -m digits" in (model / "README.md").read_text()
+    assert "maserve build digits -t" in (model / "README.md").read_text()
 
     assert maserve("config", "validate", model).returncode == 0
 

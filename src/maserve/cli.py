@@ -1,13 +1,15 @@
 """The command line: `maserve serve` (every flag mirrors a MASERVE_* variable), `maserve config
-validate`, `maserve init`, `maserve predict` and `maserve check`."""
+validate`, `maserve init`, `maserve predict`, `maserve check`, `maserve build` and `maserve base-image`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import re
 import shlex
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -65,7 +67,37 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("input", metavar="INPUT", help="a JSON string, a .json file, or a file to upload")
     predict.add_argument("--api", metavar="URL", help="the apis[].url to call [the first api]")
     _check_parser(commands)
+    _build_parsers(commands)
     return parser
+
+
+def _build_parsers(commands: argparse._SubParsersAction) -> None:
+    from maserve.build import DEFAULT_BASE, DEFAULT_PYTHON
+
+    build = commands.add_parser("build", help="build the custom image of a model directory (docker or podman)")
+    build.add_argument("model_dir", type=Path, metavar="DIR", help="model directory (config.json, service.py, ...)")
+    build.add_argument("-t", "--tag", metavar="TAG", help="image name:tag [maserve-<DIR name>:latest]")
+    build.add_argument("--engine", choices=("docker", "podman", "buildah"),
+                       help="[docker when `docker info` works, else podman]")
+    build.add_argument("--base-image", default=DEFAULT_BASE, metavar="IMAGE",
+                       help=f"any image with Python 3.11+ and venv [{DEFAULT_BASE}]")
+    build.add_argument("--batch", action="store_true", help="add a headless JRE and zip (batch services)")
+    build.add_argument("--offline", action="store_true",
+                       help="download every wheel on the host; the build uses no package index")
+    build.add_argument("--python-version", default=DEFAULT_PYTHON, metavar="X.Y",
+                       help=f"the base image's Python, for --offline wheels [{DEFAULT_PYTHON}]")
+    build.add_argument("--index-url", default="", metavar="URL",
+                       help="package index used inside an online build (recorded in the image history)")
+    build.add_argument("--context-only", type=Path, metavar="DIR",
+                       help="render the build context into DIR and stop (to build it elsewhere)")
+
+    base = commands.add_parser("base-image", help="make a Debian base image with Python from packages alone")
+    base.add_argument("-t", "--tag", default="localhost/debian-python:bookworm", metavar="TAG",
+                      help="[localhost/debian-python:bookworm]")
+    base.add_argument("--mirror", default="http://deb.debian.org/debian", metavar="URL",
+                      help="Debian mirror [http://deb.debian.org/debian]")
+    base.add_argument("--engine", choices=("docker", "podman"), help="[docker when `docker info` works, else podman]")
+    base.add_argument("--keep-docs", action="store_true", help="keep man pages, docs and translations")
 
 
 def _check_parser(commands: argparse._SubParsersAction) -> None:
@@ -104,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         return local.predict(args.model_dir, args.input, args.api)
     if args.command == "check":
         return _check(args)
+    if args.command == "build":
+        return _build(args)
+    if args.command == "base-image":
+        return _base_image(args)
     return 2  # pragma: no cover - argparse enforces the command
 
 
@@ -190,6 +226,51 @@ def _check(args: argparse.Namespace) -> int:
     results = run(options)
     print(as_json(results) if args.json else as_table(results))
     return 1 if any(r.verdict == "FAIL" for r in results) else 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    """Exit 0 with the image built (or the context rendered), 1 when the build fails, 2 on usage."""
+    from maserve.build import BuildError, BuildOptions, build, default_tag
+
+    if not args.model_dir.is_dir():
+        print(f"maserve build: {args.model_dir}: not a directory", file=sys.stderr)
+        return 2
+    if args.offline and args.index_url:
+        print("maserve build: --index-url is for online builds; --offline uses the host's pip settings",
+              file=sys.stderr)
+        return 2
+    if not re.fullmatch(r"3\.1[1-9]|3\.[2-9][0-9]", args.python_version):
+        print(f"maserve build: --python-version {args.python_version}: want 3.11 or newer, as X.Y", file=sys.stderr)
+        return 2
+    options = BuildOptions(
+        model_dir=args.model_dir,
+        tag=args.tag or default_tag(args.model_dir),
+        engine=args.engine,
+        base_image=args.base_image,
+        batch=args.batch,
+        offline=args.offline,
+        python_version=args.python_version,
+        index_url=args.index_url,
+        context_dir=args.context_only,
+    )
+    try:
+        build(options, say=lambda message: print(f"maserve build: {message}", flush=True))
+    except BuildError as exc:
+        print(f"maserve build: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _base_image(args: argparse.Namespace) -> int:
+    """Run the packaged make-base.sh (debootstrap, needs root) and pass its exit status on."""
+    from importlib import resources
+
+    from maserve.build import default_engine
+
+    engine = args.engine or default_engine()
+    with resources.as_file(resources.files("maserve") / "image" / "make-base.sh") as script:
+        command = ["sh", str(script), "-e", engine, *(["--keep-docs"] if args.keep_docs else []), args.tag, args.mirror]
+        return subprocess.run(command, check=False).returncode
 
 
 def _count(n: int, noun: str) -> str:

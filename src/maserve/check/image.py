@@ -30,6 +30,7 @@ SIZE_LIMIT = 10 * 1024**3  # "The size of a custom image cannot exceed 10 GB."
 SCAN_DIRS = ("/home", "/opt", "/root", "/app", "/srv", "/workspace")
 SCAN_MAX_FILES = 4000
 SCAN_MAX_PATHS = 8  # paths named in the evidence
+WRITABLE_MAX_PATHS = 50  # writable paths the probe lists (the evidence names SCAN_MAX_PATHS of them)
 ENGINE_TIMEOUT = 120.0
 CREATE_TIMEOUT = 60.0  # for the engine to create and start the container
 # Environment names that look like credentials; GPG_KEY (python:*-slim) is a public key fingerprint.
@@ -77,8 +78,9 @@ def inspect_image(engine: str, image: str) -> dict[str, Any]:
 
 
 # One container run reads everything the image checks need from the file system: the boot file,
-# the batch tools, and the files that look like they hold a secret. It runs as root (to read
-# /root) with `sh` as entrypoint, so neither the image's USER nor its ENTRYPOINT get in the way.
+# the batch tools, the files that look like they hold a secret, and what the image's user may
+# write besides its home and the temporary directories. It runs as root (to read /root) with `sh`
+# as entrypoint, so neither the image's USER nor its ENTRYPOINT get in the way.
 _PROBE = r"""
 echo @boot; test -f /home/run.sh && echo present
 echo @users; cut -d: -f1,3 /etc/passwd 2>/dev/null | head -n 500
@@ -90,17 +92,30 @@ find {dirs} -xdev \( -path '/opt/venv/lib/*/site-packages' -o -path /proc -o -pa
 echo "files $(wc -l < "$list")"
 {greps}
 rm -f "$list"
+echo @writable
+user={user}; uid=${user%%:*}; gid=${user#*:}; [ "$gid" = "$user" ] && gid=""
+case "$uid" in *[!0-9]*) uid=$(awk -F: -v n="$uid" '$1 == n {print $3}' /etc/passwd) ;; esac
+[ -n "$gid" ] || gid=$(awk -F: -v u="$uid" '$3 == u {print $4}' /etc/passwd)
+case "$gid" in *[!0-9]*) gid=$(awk -F: -v n="$gid" '$1 == n {print $3}' /etc/group) ;; esac
+home=$(awk -F: -v u="$uid" '$3 == u {print $6}' /etc/passwd)
+if [ -n "$uid" ] && [ "$uid" != 0 ]; then
+    echo "home ${home:-none}"
+    find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /run -o -path /tmp -o -path /var/tmp \
+        -o -path "${home:-/nonexistent}" \) -prune -o ! -type l \( -user "$uid" -o -perm -0002 \
+        -o \( -group "${gid:-2147483646}" -perm -0020 \) \) -print 2>/dev/null | head -n {max_writable}
+fi
 """
 
 
-def _probe_script() -> str:
+def _probe_script(user: str) -> str:
     greps = "\n".join(
         f"tr '\\n' '\\000' < \"$list\" | xargs -0 -r grep -l -i -E -e {_sh_quote(pattern)} -- 2>/dev/null"
         f" | sed 's|^|{kind}\t|'"
         for kind, pattern in SECRET_PATTERNS.items()
     )
     dirs = " ".join(SCAN_DIRS)
-    return _PROBE.replace("{dirs}", dirs).replace("{max_files}", str(SCAN_MAX_FILES)).replace("{greps}", greps)
+    return (_PROBE.replace("{dirs}", dirs).replace("{max_files}", str(SCAN_MAX_FILES)).replace("{greps}", greps)
+            .replace("{max_writable}", str(WRITABLE_MAX_PATHS)).replace("{user}", _sh_quote(user)))
 
 
 def _sh_quote(text: str) -> str:
@@ -114,12 +129,15 @@ class Probe:
     users: dict[str, str] = field(default_factory=dict)  # uid → name, from /etc/passwd
     scanned: int = 0
     findings: dict[str, list[str]] = field(default_factory=dict)  # kind → paths
+    home: str = ""  # the image user's home ("" when the image runs as root)
+    writable: list[str] = field(default_factory=list)  # paths that user may write outside home and tmp
     error: str = ""
 
 
-def probe_image(engine: str, image: str) -> Probe:
+def probe_image(engine: str, image: str, user: str) -> Probe:
+    """`user` is the image's USER (name or uid, optionally :group), whose writable paths are listed."""
     done = engine_run(engine, "run", "--rm", "--network", "none", "--user", "0", "--entrypoint", "sh",
-                      image, "-c", _probe_script())
+                      image, "-c", _probe_script(user))
     probe = Probe()
     if "@boot" not in done.stdout:
         probe.error = one_line(f"{engine} run exited {done.returncode}: {done.stderr or done.stdout}", 300)
@@ -140,6 +158,10 @@ def probe_image(engine: str, image: str) -> Probe:
         elif section == "scan" and "\t" in line:
             kind, path = line.split("\t", 1)
             probe.findings.setdefault(kind, []).append(path)
+        elif section == "writable" and line.startswith("home "):
+            probe.home = line[5:].strip()
+        elif section == "writable" and line.startswith("/"):
+            probe.writable.append(line.strip())
     return probe
 
 
@@ -186,7 +208,17 @@ def _user(config: dict[str, Any], probe: Probe) -> Result:
     if name in ("", "root", "0"):
         shown = f"User {user!r}" if user else "no USER"
         return Result("user", WARN, f"{shown}: the service runs as root (ModelArts' convention: ma-user, uid 1000)")
-    return Result("user", PASS, f"runs as {user}")
+    if probe.error:
+        return Result("user", PASS, f"runs as {user} (what it may write was not read: {probe.error})")
+    allowed = ", ".join(p for p in (probe.home if probe.home != "none" else "", "/tmp", "/var/tmp") if p)
+    if probe.writable:
+        paths = probe.writable
+        shown = ", ".join(paths[:SCAN_MAX_PATHS]) + (f" (+{len(paths) - SCAN_MAX_PATHS} more)"
+                                                    if len(paths) > SCAN_MAX_PATHS else "")
+        return Result("user", WARN, one_line(
+            f"runs as {user}, which may also write outside {allowed}: {shown} "
+            "(the model and code should be read-only to the service)", 600))
+    return Result("user", PASS, f"runs as {user}; it may write only to {allowed}")
 
 
 def _batch_deps(probe: Probe, batch: bool) -> Result:

@@ -50,9 +50,9 @@ def _run_image(options: Options, results: list[Result], config: ModelConfig | No
         reason = f"the image could not be inspected: {exc}"
         return (results + [Result("port", FAIL, one_line(reason))]
                 + [Result(n, SKIP, reason) for n in HTTP_CHECKS] + image.skipped_image_checks(reason))
-    progress("reading the boot file, batch tools and secret-like files from the image")
+    progress("reading the boot file, batch tools, secret-like files and writable paths from the image")
     try:
-        probe = image.probe_image(engine, options.image)
+        probe = image.probe_image(engine, options.image, str((info.get("Config") or {}).get("User") or ""))
     except image.EngineError as exc:
         probe = image.Probe(error=one_line(str(exc)))
     static = image.image_checks(info, probe, options)

@@ -1,0 +1,43 @@
+#!/bin/sh
+# CI's second stage (`make image-check`, run by .ci/run): the real MNIST image, built offline with
+# podman on a base made from Debian packages alone, must pass `maserve check --image` with the
+# default 60 s grace; the --batch variant must have java and zip and pass the checks with --batch.
+#
+# Needs podman (with the settings of image/podman-env.sh on machines like ours: sourced here when
+# CONTAINERS_CONF is unset), debootstrap and root for the base image. Leaves the MNIST image
+# ($MASERVE_TEST_IMAGE, default maserve-mnist:check) and the base for tests/test_check_image.py;
+# the batch image is removed. `podman system reset -f` empties the store afterwards.
+set -eu
+cd "$(dirname "$0")/.."
+maserve=${MASERVE_BIN:-.venv/bin/maserve}
+base=${MASERVE_TEST_BASE:-localhost/debian-python:bookworm}
+image=${MASERVE_TEST_IMAGE:-maserve-mnist:check}
+batch_image=${image%:*}:batch-check
+mirror=${MASERVE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+if [ -z "${CONTAINERS_CONF:-}" ]; then . image/podman-env.sh /tmp/maserve-podman; fi
+
+step() { printf '\n== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
+
+step "base image $base from $mirror"
+if podman image exists "$base"; then echo "already there"; else
+    "$maserve" base-image --engine podman --tag "$base" --mirror "$mirror"
+fi
+
+step "real-time image $image"
+"$maserve" build examples/mnist --offline --engine podman --base-image "$base" --tag "$image"
+echo "what takes the space (podman history):"
+podman history --format '{{.Size}}\t{{.CreatedBy}}' "$image" | cut -c1-160
+
+step "maserve check --image $image (default 60 s grace)"
+"$maserve" check --image "$image" --engine podman --config examples/mnist
+
+step "batch image $batch_image"
+"$maserve" build examples/mnist --offline --batch --engine podman --base-image "$base" --tag "$batch_image"
+podman run --rm --entrypoint sh "$batch_image" -c \
+    'for tool in java zip; do command -v "$tool" || { echo "$tool is missing" >&2; exit 1; }; done; java -version 2>&1 | head -n 1'
+
+step "maserve check --image $batch_image --batch (5 s grace)"
+"$maserve" check --image "$batch_image" --engine podman --config examples/mnist --batch \
+    --grace 5 --env MASERVE_GRACE_SECONDS=5 --keepalive-seconds 3
+podman rmi "$batch_image" >/dev/null
+step "image stage passed"

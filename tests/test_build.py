@@ -1,0 +1,170 @@
+"""`maserve build` without a container engine: the build context it renders (Dockerfile, run.sh,
+model/, wheels/), the offline wheel set resolving with no index, the wheel made from an installed
+(non-editable) maserve, and its refusals. The image itself is built and checked by CI's image stage
+(image/ci-image.sh) and tests/test_check_image.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from helpers import MASERVE_BIN, MNIST_DIR, ROOT
+
+from maserve.build import installed_project, platform_args
+
+
+def maserve_build(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(MASERVE_BIN), "build", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, check=False)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture(scope="module")
+def online_context(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    context = tmp_path_factory.mktemp("online") / "context"
+    done = maserve_build(MNIST_DIR, "--context-only", context)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return context
+
+
+def test_context_holds_the_image_files_and_the_model_without_training_files(online_context: Path) -> None:
+    assert sorted(p.name for p in online_context.iterdir()) == [".dockerignore", "Dockerfile", "model", "run.sh",
+                                                                 "wheels"]
+    assert (online_context / "Dockerfile").read_bytes() == (ROOT / "src/maserve/image/Dockerfile").read_bytes()
+    assert (online_context / "run.sh").read_bytes() == (ROOT / "image/run.sh").read_bytes()
+    assert _mode(online_context / "run.sh") == 0o755
+    model = online_context / "model"
+    assert sorted(p.name for p in model.iterdir()) == ["config.json", "model.onnx", "preprocess.py", "service.py"]
+    assert (model / "model.onnx").read_bytes() == (MNIST_DIR / "model.onnx").read_bytes()
+    assert {_mode(p) for p in model.iterdir()} == {0o644}  # readable by ma-user, owned by root in the image
+    dockerfile = (online_context / "Dockerfile").read_text()
+    assert 'CMD ["sh", "/home/run.sh"]' in dockerfile and "USER 1000:100" in dockerfile
+    assert "--mount=type=bind,source=wheels" in dockerfile and "COPY wheels" not in dockerfile
+    assert not dockerfile.startswith("# syntax=")  # a frontend pulled from Docker Hub breaks air-gapped builds
+
+
+def test_online_context_carries_only_maserve_whose_wheel_is_complete(online_context: Path) -> None:
+    wheels = sorted(p.name for p in (online_context / "wheels").iterdir())
+    assert len(wheels) == 1 and wheels[0].startswith("maserve-"), wheels
+    names = set(zipfile.ZipFile(online_context / "wheels" / wheels[0]).namelist())
+    for needed in ("maserve/image/Dockerfile", "maserve/image/run.sh", "maserve/image/make-base.sh",
+                   "maserve/templates/service.py.tmpl", "maserve/app.py", "model_service/pytorch_model_service.py"):
+        assert needed in names, needed
+    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+    assert not (ROOT / "build").exists(), "the wheel must be built from a copy, not in the checkout"
+
+
+def test_offline_context_resolves_with_no_index_for_the_image_platform(tmp_path: Path) -> None:
+    context = tmp_path / "context"
+    done = maserve_build(MNIST_DIR, "--offline", "--context-only", context)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "[3/4] downloading" in done.stdout
+    wheels = context / "wheels"
+    names = sorted(p.name.split("-")[0].lower() for p in wheels.glob("*.whl"))
+    for needed in ("maserve", "onnxruntime", "numpy", "pillow", "gunicorn", "uvicorn", "uvloop", "jsonschema"):
+        assert needed in names, names
+    assert not {"torch", "flask", "pytest", "mlxtend"} & set(names), names
+    # What the Dockerfile runs (pip install --no-index --find-links /wheels maserve), resolved for
+    # the image's platform: every dependency is in wheels/.
+    resolve = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--no-index", "--find-links", str(wheels),
+         "--ignore-installed", "--target", str(tmp_path / "target"), *platform_args("3.11"), "maserve"],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert resolve.returncode == 0, resolve.stderr[-3000:]
+
+
+def test_maserveignore_and_caches_stay_out(tmp_path: Path) -> None:
+    model = tmp_path / "digits"
+    shutil.copytree(MNIST_DIR, model, ignore=shutil.ignore_patterns("samples", "train.py"))
+    (model / ".maserveignore").write_text("# not in the image\nnotes/\n*.ckpt\n")
+    (model / "notes").mkdir()
+    (model / "notes" / "todo.txt").write_text("x")
+    (model / "weights.ckpt").write_text("x")
+    (model / "__pycache__").mkdir(exist_ok=True)
+    (model / "__pycache__" / "service.cpython-311.pyc").write_bytes(b"x")
+    (model / "labels").mkdir()
+    (model / "labels" / "names.txt").write_text("zero\n")
+    (model / "tool.sh").write_text("#!/bin/sh\n")
+    (model / "tool.sh").chmod(0o700)
+    context = tmp_path / "context"
+    done = maserve_build(model, "--context-only", context)
+    assert done.returncode == 0, done.stdout + done.stderr
+    shipped = sorted(str(p.relative_to(context / "model")) for p in (context / "model").rglob("*"))
+    assert shipped == ["config.json", "labels", "labels/names.txt", "model.onnx", "preprocess.py", "service.py",
+                       "tool.sh"]
+    assert _mode(context / "model" / "tool.sh") == 0o755 and _mode(context / "model" / "labels") == 0o755
+
+
+def test_refusals_name_the_problem(tmp_path: Path) -> None:
+    done = maserve_build(tmp_path / "missing")
+    assert done.returncode == 2 and "not a directory" in done.stderr
+
+    done = maserve_build(tmp_path)
+    assert done.returncode == 1 and "has no config.json" in done.stderr
+
+    model = tmp_path / "bad"
+    shutil.copytree(MNIST_DIR, model, ignore=shutil.ignore_patterns("samples"))
+    config = json.loads((model / "config.json").read_text())
+    config["model_type"] = "Docker"
+    (model / "config.json").write_text(json.dumps(config))
+    done = maserve_build(model, "--context-only", tmp_path / "ctx")
+    assert done.returncode == 1 and "$.model_type" in done.stderr and "would be refused" in done.stderr
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "file").write_text("x")
+    done = maserve_build(MNIST_DIR, "--context-only", busy)
+    assert done.returncode == 1 and "is not empty" in done.stderr
+
+    done = maserve_build(MNIST_DIR, "--offline", "--index-url", "https://example.invalid/simple")
+    assert done.returncode == 2 and "--index-url" in done.stderr
+    done = maserve_build(MNIST_DIR, "--python-version", "3.9")
+    assert done.returncode == 2 and "3.11 or newer" in done.stderr
+
+
+def test_engine_failure_is_reported_not_raised(tmp_path: Path) -> None:
+    """An engine that cannot build (here: one whose `build` always fails) gives exit 1 and says so."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    engine = fake_bin / "podman"
+    engine.write_text("#!/bin/sh\necho 'Error: no storage here' >&2\nexit 125\n")
+    engine.chmod(0o755)
+    env_path = f"{fake_bin}:{Path(sys.executable).parent}:/usr/bin:/bin"
+    done = subprocess.run([str(MASERVE_BIN), "build", str(MNIST_DIR), "--engine", "podman", "-t", "x:y"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
+                          env={"PATH": env_path, "HOME": str(tmp_path)})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "podman build failed (exit 125)" in done.stderr
+    assert "no storage here" in done.stderr  # the engine's own output is passed through
+
+
+def test_wheel_from_an_installed_maserve_without_its_checkout(tmp_path: Path) -> None:
+    """A pip-installed maserve has no pyproject.toml: the project is made from the package and its
+    metadata, and its wheel declares the same dependencies."""
+    import importlib.metadata
+
+    project = tmp_path / "project"
+    installed_project(project)
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir",
+                           str(tmp_path / "wheels"), str(project)], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (wheel,) = (tmp_path / "wheels").glob("maserve-*.whl")
+    archive = zipfile.ZipFile(wheel)
+    names = set(archive.namelist())
+    assert {"maserve/image/Dockerfile", "maserve/templates/service.py.tmpl", "model_service/__init__.py"} <= names
+    metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    declared = sorted(line.split(": ", 1)[1] for line in metadata.splitlines() if line.startswith("Requires-Dist: "))
+    expected = sorted(r for r in importlib.metadata.requires("maserve") or [] if "extra ==" not in r)
+    assert declared == expected
+    entry_points = archive.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
+    assert "maserve = maserve.cli:main" in entry_points
