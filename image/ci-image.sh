@@ -27,6 +27,12 @@ step "real-time image $image"
 "$maserve" build examples/mnist --offline --engine podman --base-image "$base" --tag "$image"
 echo "what takes the space (podman history):"
 podman history --format '{{.Size}}\t{{.CreatedBy}}' "$image" | cut -c1-160
+# (the base's own ensurepip wheels, which `python3 -m venv` needs, are not the build's)
+echo "no wheels, pip caches or pip from the build left in the image:"
+podman run --rm --user 0 --entrypoint sh "$image" -c \
+    'found=$(find / -xdev \( -path /usr/share/python-wheels -o -path "*/ensurepip/_bundled" \) -prune \
+        -o \( -name "*.whl" -o -path "*/.cache/pip" -o -path "/opt/venv/bin/pip*" \) -print | head -n 20);
+     if [ -n "$found" ]; then echo "$found"; exit 1; fi; echo none'
 
 step "maserve check --image $image (default 60 s grace)"
 "$maserve" check --image "$image" --engine podman --config examples/mnist

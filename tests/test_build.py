@@ -54,7 +54,8 @@ def test_context_holds_the_image_files_and_the_model_without_training_files(onli
 
 def test_online_context_carries_only_maserve_whose_wheel_is_complete(online_context: Path) -> None:
     wheels = sorted(p.name for p in (online_context / "wheels").iterdir())
-    assert len(wheels) == 1 and wheels[0].startswith("maserve-"), wheels
+    assert len(wheels) == 2 and wheels[0].startswith("maserve-") and wheels[1] == "requirements.txt", wheels
+    assert (online_context / "wheels" / "requirements.txt").read_text() == ""  # MNIST needs nothing else
     names = set(zipfile.ZipFile(online_context / "wheels" / wheels[0]).namelist())
     for needed in ("maserve/image/Dockerfile", "maserve/image/run.sh", "maserve/image/make-base.sh",
                    "maserve/templates/service.py.tmpl", "maserve/app.py", "model_service/pytorch_model_service.py"):
@@ -69,6 +70,7 @@ def test_offline_context_resolves_with_no_index_for_the_image_platform(tmp_path:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "[3/4] downloading" in done.stdout
     wheels = context / "wheels"
+    assert not (MNIST_DIR / "requirements.txt").exists()
     names = sorted(p.name.split("-")[0].lower() for p in wheels.glob("*.whl"))
     for needed in ("maserve", "onnxruntime", "numpy", "pillow", "gunicorn", "uvicorn", "uvloop", "jsonschema"):
         assert needed in names, names
@@ -78,6 +80,30 @@ def test_offline_context_resolves_with_no_index_for_the_image_platform(tmp_path:
     resolve = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--no-index", "--find-links", str(wheels),
          "--ignore-installed", "--target", str(tmp_path / "target"), *platform_args("3.11"), "maserve"],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert resolve.returncode == 0, resolve.stderr[-3000:]
+
+
+def test_the_models_own_dependencies_go_into_the_image(tmp_path: Path) -> None:
+    """config.json's `dependencies` (which ModelArts does not install into a custom image) and the
+    model's requirements.txt are installed with maserve; --offline downloads them too."""
+    model = tmp_path / "model"
+    shutil.copytree(MNIST_DIR, model, ignore=shutil.ignore_patterns("samples", "train.py"))
+    config = json.loads((model / "config.json").read_text())
+    config["dependencies"] = [{"installer": "pip", "packages": [
+        {"package_name": "six", "package_version": "1.16.0", "restraint": "EXACT"}]}]
+    (model / "config.json").write_text(json.dumps(config))
+    (model / "requirements.txt").write_text("# the model's extras\nidna>=3\n")
+    context = tmp_path / "context"
+    done = maserve_build(model, "--offline", "--context-only", context)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (context / "wheels" / "requirements.txt").read_text() == "six==1.16.0\nidna>=3\n"
+    names = {p.name.split("-")[0].lower(): p.name for p in (context / "wheels").glob("*.whl")}
+    assert names["six"].startswith("six-1.16.0-") and "idna" in names and "maserve" in names
+    resolve = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--no-index", "--find-links",
+         str(context / "wheels"), "--ignore-installed", "--target", str(tmp_path / "target"), *platform_args("3.11"),
+         "maserve", "-r", str(context / "wheels" / "requirements.txt")],
         capture_output=True, text=True, timeout=300, check=False)
     assert resolve.returncode == 0, resolve.stderr[-3000:]
 

@@ -216,7 +216,7 @@ def test_warnings_that_are_not_typos() -> None:
         (WARNING, "$.apis[0].response['Content-Type']"),
         (WARNING, "$.dependencies"),
     ]
-    assert "custom images do not install" in findings[2].message
+    assert "does not install them into a custom image: `maserve build` does" in findings[2].message
 
 
 def test_a_typo_next_to_the_right_key_still_warns() -> None:

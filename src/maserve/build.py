@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from maserve.config import ConfigError, read_config
 from maserve.scaffold import image_name
@@ -38,6 +39,8 @@ GLIBC = (2, 36)
 BUILD_TIMEOUT = 3600.0
 PIP_TIMEOUT = 1800.0
 IGNORE_FILE = ".maserveignore"
+REQUIREMENTS = "requirements.txt"  # in wheels/: the model's own pip requirements, installed with maserve
+RESTRAINT_OPERATORS = {"EXACT": "==", "ATLEAST": ">=", "ATMOST": "<="}
 # Never part of an image: caches, VCS and venvs, and samples/ (the checker's inputs and answers).
 ALWAYS_IGNORED = ("__pycache__", "*.pyc", "*.pyo", ".git", ".venv*", ".DS_Store", "samples", IGNORE_FILE)
 CONTEXT_DOCKERIGNORE = "*\n!Dockerfile\n!run.sh\n!model\n!wheels\n"
@@ -96,7 +99,7 @@ def build(options: BuildOptions, say: Say) -> int:
 
 def render_context(options: BuildOptions, context: Path, say: Say) -> None:
     """Dockerfile, run.sh, model/ and wheels/ into `context` (created if missing, must be empty)."""
-    _check_model_dir(options.model_dir)
+    config = _check_model_dir(options.model_dir)
     context.mkdir(parents=True, exist_ok=True)
     if any(context.iterdir()):
         raise BuildError(f"{context} is not empty")
@@ -113,6 +116,10 @@ def render_context(options: BuildOptions, context: Path, say: Say) -> None:
     wheels.mkdir()
     say("[2/4] maserve's wheel")
     maserve_wheel(wheels)
+    requirements = model_requirements(options.model_dir, config)
+    (wheels / REQUIREMENTS).write_text("".join(f"{line}\n" for line in requirements))
+    if requirements:
+        say(f"      the model's requirements (config.json dependencies, requirements.txt): {', '.join(requirements)}")
     if options.offline:
         say(f"[3/4] downloading the dependencies' wheels for linux {platform.machine()}, "
             f"CPython {options.python_version} (--offline: no package index inside the build)")
@@ -120,22 +127,40 @@ def render_context(options: BuildOptions, context: Path, say: Say) -> None:
     else:
         where = options.index_url or "pip's default index"
         say(f"[3/4] dependencies: installed from {where} inside the build (--offline avoids that)")
-    count = len(list(wheels.glob("*.whl")))
+    count = len(list(wheels.glob("*.whl")))  # requirements.txt rides along
     say(f"      wheels/: {count} wheels, {_size_of(wheels) / 1e6:.1f} MB (bind-mounted, never in a layer)")
 
 
-def _check_model_dir(model_dir: Path) -> None:
+def _check_model_dir(model_dir: Path) -> dict[str, Any]:
+    """config.json, refused when ModelArts would refuse it."""
     config_path = model_dir / "config.json"
     if not config_path.is_file():
         raise BuildError(f"{model_dir} has no config.json (see `maserve init`)")
     try:
-        findings = validate_config(read_config(config_path))
+        raw = read_config(config_path)
     except ConfigError as exc:
         raise BuildError(str(exc)) from exc
-    errors = [f for f in findings if f.level == ERROR]
+    errors = [f for f in validate_config(raw) if f.level == ERROR]
     if errors:
         listed = "; ".join(f"{f.path}: {f.message}" for f in errors)
         raise BuildError(f"{config_path} would be refused by ModelArts: {listed} (maserve config validate)")
+    return raw
+
+
+def model_requirements(model_dir: Path, config: dict[str, Any]) -> list[str]:
+    """The model's own pip requirements: config.json's `dependencies` (ModelArts installs them only
+    for its own base images, never into a custom image) and the lines of requirements.txt."""
+    lines = []
+    for dependency in config.get("dependencies") or []:
+        for package in dependency.get("packages") or []:
+            version = package.get("package_version")
+            operator = RESTRAINT_OPERATORS[package.get("restraint", "EXACT")]
+            lines.append(f"{package['package_name']}{operator}{version}" if version else package["package_name"])
+    requirements = model_dir / "requirements.txt"
+    if requirements.is_file():
+        lines += [line.strip() for line in requirements.read_text().splitlines()
+                  if line.strip() and not line.strip().startswith("#")]
+    return lines
 
 
 def ignore_patterns(model_dir: Path) -> list[str]:
@@ -243,9 +268,11 @@ def platform_args(python_version: str, machine: str | None = None) -> list[str]:
 
 
 def download_dependencies(wheels: Path, python_version: str) -> None:
-    """Every wheel maserve needs on the image's platform, resolved from the host's pip settings."""
+    """Every wheel maserve and the model need on the image's platform, resolved together (one
+    consistent set) with the host's pip settings."""
     maserve_whl = sorted(wheels.glob("maserve-*.whl"))[-1]
-    _pip("download", "--quiet", "--dest", str(wheels), *platform_args(python_version), str(maserve_whl))
+    _pip("download", "--quiet", "--dest", str(wheels), *platform_args(python_version), str(maserve_whl),
+         "-r", str(wheels / REQUIREMENTS))
 
 
 def _pip(*args: str) -> None:
@@ -266,7 +293,7 @@ def build_command(options: BuildOptions, engine: str, context: Path) -> list[str
                "--build-arg", f"OFFLINE={int(options.offline)}"]
     if options.index_url and not options.offline:
         command += ["--build-arg", f"INDEX_URL={options.index_url}"]
-    if engine in ("podman", "buildah"):
+    if engine == "podman":
         command += ["--format", "docker"]  # Docker-format manifests: what SWR and `docker pull` expect
     return command + [str(context)]
 

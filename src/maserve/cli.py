@@ -77,7 +77,7 @@ def _build_parsers(commands: argparse._SubParsersAction) -> None:
     build = commands.add_parser("build", help="build the custom image of a model directory (docker or podman)")
     build.add_argument("model_dir", type=Path, metavar="DIR", help="model directory (config.json, service.py, ...)")
     build.add_argument("-t", "--tag", metavar="TAG", help="image name:tag [maserve-<DIR name>:latest]")
-    build.add_argument("--engine", choices=("docker", "podman", "buildah"),
+    build.add_argument("--engine", choices=("docker", "podman"),
                        help="[docker when `docker info` works, else podman]")
     build.add_argument("--base-image", default=DEFAULT_BASE, metavar="IMAGE",
                        help=f"any image with Python 3.11+ and venv [{DEFAULT_BASE}]")

@@ -318,7 +318,7 @@ def _check_dependencies(deps: Any, out: list[Finding]) -> None:
         out.append(Finding(ERROR, path, 'must be an array of {"installer": "pip", "packages": [...]}'))
         return
     if deps:
-        out.append(Finding(WARNING, path, "custom images do not install dependencies: install them in the image"))
+        out.append(Finding(WARNING, path, "ModelArts does not install them into a custom image: `maserve build` does"))
     for index, dep in enumerate(deps):
         dep_path = child(path, index)
         if not isinstance(dep, dict):
