@@ -1,18 +1,20 @@
 #!/bin/sh
 # CI's second stage (`make image-check`, run by .ci/run): the real MNIST image, built offline with
 # podman on a base made from Debian packages alone, must pass `maserve check --image` with the
-# default 60 s grace; the --batch variant must have java and zip and pass the checks with --batch.
+# default 60 s grace; so must an online build (dependencies from the index inside the build), and the
+# --batch variant must have java and zip and pass the checks with --batch.
 #
 # Needs podman (with the settings of image/podman-env.sh on machines like ours: sourced here when
 # CONTAINERS_CONF is unset), debootstrap and root for the base image. Leaves the MNIST image
 # ($MASERVE_TEST_IMAGE, default maserve-mnist:check) and the base for tests/test_check_image.py;
-# the batch image is removed. `podman system reset -f` empties the store afterwards.
+# the others are removed. `podman system reset -f` empties the store afterwards.
 set -eu
 cd "$(dirname "$0")/.."
 maserve=${MASERVE_BIN:-.venv/bin/maserve}
 base=${MASERVE_TEST_BASE:-localhost/debian-python:bookworm}
 image=${MASERVE_TEST_IMAGE:-maserve-mnist:check}
 batch_image=${image%:*}:batch-check
+online_image=${image%:*}:online-check
 mirror=${MASERVE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 if [ -z "${CONTAINERS_CONF:-}" ]; then . image/podman-env.sh /tmp/maserve-podman; fi
 
@@ -36,6 +38,12 @@ podman run --rm --user 0 --entrypoint sh "$image" -c \
 
 step "maserve check --image $image (default 60 s grace)"
 "$maserve" check --image "$image" --engine podman --config examples/mnist
+
+step "online build (dependencies from the index inside the build) $online_image"
+"$maserve" build examples/mnist --engine podman --base-image "$base" --tag "$online_image"
+"$maserve" check --image "$online_image" --engine podman --config examples/mnist \
+    --grace 5 --env MASERVE_GRACE_SECONDS=5 --keepalive-seconds 3
+podman rmi "$online_image" >/dev/null
 
 step "batch image $batch_image"
 "$maserve" build examples/mnist --offline --batch --engine podman --base-image "$base" --tag "$batch_image"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from helpers import MASERVE_BIN, MNIST_DIR, ROOT
 
-from maserve.build import installed_project, platform_args
+from maserve.build import host_pip_cert, installed_project, platform_args
 
 
 def maserve_build(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -54,9 +54,15 @@ def test_context_holds_the_image_files_and_the_model_without_training_files(onli
 
 def test_online_context_carries_only_maserve_whose_wheel_is_complete(online_context: Path) -> None:
     wheels = sorted(p.name for p in (online_context / "wheels").iterdir())
-    assert len(wheels) == 2 and wheels[0].startswith("maserve-") and wheels[1] == "requirements.txt", wheels
+    # The host pip's CA bundle rides along when pip has one (a TLS-inspecting proxy, as here).
+    cert = host_pip_cert()
+    expected = ["ca-bundle.pem"] * (cert is not None) + ["maserve"] + ["requirements.txt"]
+    assert [w.split("-")[0] if w.endswith(".whl") else w for w in wheels] == expected, wheels
+    if cert is not None:
+        assert (online_context / "wheels" / "ca-bundle.pem").read_bytes() == cert.read_bytes()
     assert (online_context / "wheels" / "requirements.txt").read_text() == ""  # MNIST needs nothing else
-    names = set(zipfile.ZipFile(online_context / "wheels" / wheels[0]).namelist())
+    (maserve_wheel,) = (online_context / "wheels").glob("maserve-*.whl")
+    names = set(zipfile.ZipFile(maserve_wheel).namelist())
     for needed in ("maserve/image/Dockerfile", "maserve/image/run.sh", "maserve/image/make-base.sh",
                    "maserve/templates/service.py.tmpl", "maserve/app.py", "model_service/pytorch_model_service.py"):
         assert needed in names, needed
@@ -106,6 +112,18 @@ def test_the_models_own_dependencies_go_into_the_image(tmp_path: Path) -> None:
          "maserve", "-r", str(context / "wheels" / "requirements.txt")],
         capture_output=True, text=True, timeout=300, check=False)
     assert resolve.returncode == 0, resolve.stderr[-3000:]
+
+
+def test_an_explicit_ca_bundle_goes_to_the_online_build_only(tmp_path: Path) -> None:
+    bundle = tmp_path / "proxy-ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\nnot a real one\n-----END CERTIFICATE-----\n")
+    context = tmp_path / "context"
+    done = maserve_build(MNIST_DIR, "--pip-cert", bundle, "--context-only", context)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (context / "wheels" / "ca-bundle.pem").read_bytes() == bundle.read_bytes()
+    assert "--cert /wheels/ca-bundle.pem" in (context / "Dockerfile").read_text()
+    done = maserve_build(MNIST_DIR, "--offline", "--pip-cert", bundle)
+    assert done.returncode == 2 and "for online builds" in done.stderr
 
 
 def test_maserveignore_and_caches_stay_out(tmp_path: Path) -> None:

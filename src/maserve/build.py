@@ -39,6 +39,7 @@ GLIBC = (2, 36)
 BUILD_TIMEOUT = 3600.0
 PIP_TIMEOUT = 1800.0
 IGNORE_FILE = ".maserveignore"
+CA_BUNDLE = "ca-bundle.pem"  # in wheels/ for online builds: the index's CA (pip's cert setting)
 REQUIREMENTS = "requirements.txt"  # in wheels/: the model's own pip requirements, installed with maserve
 RESTRAINT_OPERATORS = {"EXACT": "==", "ATLEAST": ">=", "ATMOST": "<="}
 # Never part of an image: caches, VCS and venvs, and samples/ (the checker's inputs and answers).
@@ -62,6 +63,7 @@ class BuildOptions:
     offline: bool = False
     python_version: str = DEFAULT_PYTHON
     index_url: str = ""
+    pip_cert: Path | None = None  # CA bundle for the index in an online build; None: the host pip's
     context_dir: Path | None = None  # render the context here and do not build
 
 
@@ -127,8 +129,13 @@ def render_context(options: BuildOptions, context: Path, say: Say) -> None:
     else:
         where = options.index_url or "pip's default index"
         say(f"[3/4] dependencies: installed from {where} inside the build (--offline avoids that)")
-    count = len(list(wheels.glob("*.whl")))  # requirements.txt rides along
-    say(f"      wheels/: {count} wheels, {_size_of(wheels) / 1e6:.1f} MB (bind-mounted, never in a layer)")
+        cert = options.pip_cert or host_pip_cert()
+        if cert is not None:
+            shutil.copyfile(cert, wheels / CA_BUNDLE)
+            say(f"      CA bundle for the index: {cert} (bind-mounted with the wheels, never in a layer)")
+    count = len(list(wheels.glob("*.whl")))
+    say(f"      wheels/: {count} wheel{'' if count == 1 else 's'}, {_size_of(wheels) / 1e6:.1f} MB "
+        "(bind-mounted, never in a layer)")
 
 
 def _check_model_dir(model_dir: Path) -> dict[str, Any]:
@@ -254,6 +261,23 @@ def installed_project(project: Path) -> None:
 
 def _toml_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def host_pip_cert() -> Path | None:
+    """The CA bundle the host's pip uses (PIP_CERT or pip's `cert` setting), if one is set: behind a
+    TLS-inspecting proxy the build needs it to reach the index as the host does."""
+    value = os.environ.get("PIP_CERT", "")
+    if not value:
+        try:
+            listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True,
+                                    text=True, timeout=60, check=False).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            listed = ""
+        for line in listed.splitlines():
+            key, _, raw = line.partition("=")
+            if key.endswith(".cert"):
+                value = raw.strip().strip("'\"")
+    return Path(value) if value and Path(value).is_file() else None
 
 
 def platform_args(python_version: str, machine: str | None = None) -> list[str]:

@@ -88,6 +88,8 @@ def _build_parsers(commands: argparse._SubParsersAction) -> None:
                        help=f"the base image's Python, for --offline wheels [{DEFAULT_PYTHON}]")
     build.add_argument("--index-url", default="", metavar="URL",
                        help="package index used inside an online build (recorded in the image history)")
+    build.add_argument("--pip-cert", type=Path, metavar="PEM",
+                       help="CA bundle for the index inside an online build [the host pip's cert setting]")
     build.add_argument("--context-only", type=Path, metavar="DIR",
                        help="render the build context into DIR and stop (to build it elsewhere)")
 
@@ -239,6 +241,9 @@ def _build(args: argparse.Namespace) -> int:
         print("maserve build: --index-url is for online builds; --offline uses the host's pip settings",
               file=sys.stderr)
         return 2
+    if args.pip_cert is not None and (args.offline or not args.pip_cert.is_file()):
+        print(f"maserve build: --pip-cert {args.pip_cert}: a CA bundle file, for online builds", file=sys.stderr)
+        return 2
     if not re.fullmatch(r"3\.1[1-9]|3\.[2-9][0-9]", args.python_version):
         print(f"maserve build: --python-version {args.python_version}: want 3.11 or newer, as X.Y", file=sys.stderr)
         return 2
@@ -251,6 +256,7 @@ def _build(args: argparse.Namespace) -> int:
         offline=args.offline,
         python_version=args.python_version,
         index_url=args.index_url,
+        pip_cert=args.pip_cert,
         context_dir=args.context_only,
     )
     try:
