@@ -34,20 +34,24 @@ class MnistService(Model):
         self.predict(Inputs(files={"images": UploadedFile("warmup.png", "image/png", buffer.getvalue())}))
 
     def predict(self, inputs: Inputs) -> dict[str, int]:
+        return self.predict_batch([self.prepare(inputs)])[0]
+
+    def prepare(self, inputs: Inputs) -> np.ndarray:
+        """Decode and preprocess one upload: its errors fail only its own request."""
         upload = inputs.files["images"]
         image = open_image(upload.data, upload.filename)
         try:
-            tensor = image_to_tensor(image)
+            return image_to_tensor(image)
         except NoDigitError as exc:
             raise InvalidInput(str(exc), error_code="MASERVE.NO_DIGIT") from None
         except (OSError, ValueError, SyntaxError) as exc:
             raise InvalidInput(f"'{upload.filename}' could not be decoded: {exc}", error_code="MASERVE.INVALID_IMAGE") from None
-        return {"mnist_result": self._classify(tensor)}
 
-    def _classify(self, tensor: np.ndarray) -> int:
-        (logits,) = self.session.run(None, {self.input_name: tensor})
-        return int(np.argmax(logits[0]))
-
+    def predict_batch(self, items: list[np.ndarray]) -> list[dict[str, int]]:
+        """One onnxruntime call for the whole batch (the model's batch dimension is dynamic)."""
+        batch = items[0] if len(items) == 1 else np.concatenate(items)
+        (logits,) = self.session.run(None, {self.input_name: batch})
+        return [{"mnist_result": int(digit)} for digit in np.argmax(logits, axis=1)]
 
 def open_image(data: bytes, filename: str) -> Image.Image:
     """Open an upload, checking format and declared size before any pixel is decoded."""
