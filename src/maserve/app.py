@@ -33,7 +33,7 @@ from maserve.errors import (
     PayloadTooLarge,
     ServiceError,
 )
-from maserve.logs import fields
+from maserve.logs import ACCESS_LOGGER, fields
 from maserve.model import Model, load_model, serves_batches
 from maserve.openapi import OPENAPI_URL, openapi_document
 from maserve.readiness import StartupGate, StopFlag
@@ -45,7 +45,7 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-access_log = logging.getLogger("maserve.access")
+access_log = logging.getLogger(ACCESS_LOGGER)
 log = logging.getLogger("maserve.app")
 
 # Threads per worker process for decode + inference. Workers already fill the cores; a second
@@ -140,6 +140,8 @@ class MaserveApp:
             elif message["type"] == "lifespan.shutdown":
                 if self._executor is not None:
                     self._executor.shutdown(wait=False, cancel_futures=True)
+                for handler in access_log.handlers:  # access lines wait for the loop's next iteration
+                    handler.flush()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
