@@ -15,6 +15,8 @@ from typing import Any
 
 # The attribute that carries a record's structured values (passed via `extra`).
 _FIELDS = "fields"
+# json.dumps(value, default=str), without building an encoder per line.
+_ENCODE = json.JSONEncoder(default=str).encode
 # The server's one-line-per-request log: the lines TickStreamHandler writes once per loop iteration.
 ACCESS_LOGGER = "maserve.access"
 # TickStreamHandler writes at once past this many waiting lines (bounds memory and the wait).
@@ -46,7 +48,7 @@ class JsonFormatter(logging.Formatter):
         entry.update(getattr(record, _FIELDS, None) or {})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return _ENCODE(entry)
 
 
 class TextFormatter(logging.Formatter):
