@@ -86,8 +86,8 @@ def normalize_ink(ink: np.ndarray) -> np.ndarray:
         raise NoDigitError("the image holds no visible digit (it is blank or has almost no contrast)")
     ink = ink * np.float32(1.0 / peak)
     mask = ink > INK_THRESHOLD
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
+    (rows,) = np.nonzero(mask.any(axis=1))  # np.flatnonzero, without its Python wrapper
+    (cols,) = np.nonzero(mask.any(axis=0))
     crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     crop[crop <= INK_THRESHOLD * 0.5] = 0.0  # paper grain and noise around the strokes
 
