@@ -33,7 +33,7 @@ from maserve.errors import (
     PayloadTooLarge,
     ServiceError,
 )
-from maserve.logs import ACCESS_LOGGER, fields
+from maserve.logs import ACCESS_LOGGER, fields, flush_handlers
 from maserve.model import Model, load_model, serves_batches
 from maserve.openapi import OPENAPI_URL, openapi_document
 from maserve.readiness import StartupGate, StopFlag
@@ -140,8 +140,7 @@ class MaserveApp:
             elif message["type"] == "lifespan.shutdown":
                 if self._executor is not None:
                     self._executor.shutdown(wait=False, cancel_futures=True)
-                for handler in access_log.handlers:  # access lines wait for the loop's next iteration
-                    handler.flush()
+                flush_handlers(access_log)  # access lines wait for the loop's next iteration
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

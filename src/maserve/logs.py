@@ -157,6 +157,15 @@ def setup_logging(log_format: str) -> None:
     logging.config.dictConfig(logging_config(log_format))
 
 
+def flush_handlers(logger: logging.Logger) -> None:
+    """Flush every handler a record of `logger` reaches: its own, then its ancestors' while it propagates."""
+    current: logging.Logger | None = logger
+    while current is not None:
+        for handler in current.handlers:
+            handler.flush()
+        current = current.parent if current.propagate else None
+
+
 def fields(**values: Any) -> dict[str, Any]:
     """`logger.info(msg, extra=fields(a=1))`: attach structured values to a line."""
     return {_FIELDS: values}
