@@ -20,16 +20,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run  # noqa: E402  (bench/run.py: server specs, start/stop, wrk)
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+import run  # noqa: E402  (bench/run.py: server specs, start/stop, wrk, CPU time)
 
 
 @dataclass
@@ -43,21 +41,7 @@ class Rounds:
     errors: int = 0
 
 
-def cpu_seconds(sid: int) -> float:
-    """utime + stime of every live process in session `sid` (a process's stat sums its threads)."""
-    ticks = 0
-    for pid in run.session_pids(sid):
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                rest = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        fields_after_comm = rest[rest.rfind(")") + 2 :].split()
-        ticks += int(fields_after_comm[11]) + int(fields_after_comm[12])  # utime, stime
-    return ticks / CLOCK_TICKS
-
-
-def start(label: str, venv_bin: Path, workers: int, logdir: str) -> tuple[run.ServerSpec, object]:
+def start(label: str, venv_bin: Path, workers: int, logdir: str) -> tuple[run.ServerSpec, subprocess.Popen]:
     name, _, checkout = label.partition("@")
     model_dir = (Path(checkout) if checkout else run.REPO) / "examples" / "mnist"
     spec = run.server_spec(name, venv_bin, model_dir.resolve(), workers)
@@ -66,14 +50,18 @@ def start(label: str, venv_bin: Path, workers: int, logdir: str) -> tuple[run.Se
     stdout_path = os.path.join(logdir, f"{label.replace('/', '_')}.out")
     stderr_path = os.path.join(logdir, f"{label.replace('/', '_')}.err")
     proc = run.start_server(spec, stdout_path, stderr_path)
-    run.wait_healthy(proc, spec, lambda: run.server_output(stdout_path, stderr_path))
+    try:
+        run.wait_healthy(proc, spec, lambda: run.server_output(stdout_path, stderr_path))
+    except BaseException:
+        run.stop_server(proc, run.ServerRun(label))
+        raise
     return spec, proc
 
 
-def measure(spec: run.ServerSpec, proc, image: Path, connections: int, seconds: int, into: Rounds) -> None:
-    before = cpu_seconds(proc.pid)
+def measure(spec: run.ServerSpec, proc: subprocess.Popen, image: Path, connections: int, seconds: int, into: Rounds) -> None:
+    before = run.cpu_seconds(proc.pid)
     _, r = run.run_wrk(spec.url, image, connections, seconds)
-    spent = cpu_seconds(proc.pid) - before
+    spent = run.cpu_seconds(proc.pid) - before
     into.rps.append(r["rps"])
     into.p99_ms.append(r["p99_ms"])
     into.cpu_us.append(spent / max(r["requests"], 1) * 1e6)
@@ -94,7 +82,7 @@ def main(argv: list[str]) -> int:
         p.error("--rounds 1..50, --duration 1..120, --connections 1..1000")
     labels = [s.strip() for s in args.servers.split(",") if s.strip()]
     venv_bin = run.REPO / ".venv" / "bin"
-    started: dict[str, tuple[run.ServerSpec, object]] = {}
+    started: dict[str, tuple[run.ServerSpec, subprocess.Popen]] = {}
     results = {label: Rounds(label) for label in labels}
     with tempfile.TemporaryDirectory(prefix="maserve-cpu-") as logdir:
         try:
@@ -108,7 +96,7 @@ def main(argv: list[str]) -> int:
         finally:
             for label, (_, proc) in started.items():
                 run.stop_server(proc, run.ServerRun(label))
-    print(f"| server | req/s (median) | p99 ms (median) | CPU us/request (median) | errors |")
+    print("| server | req/s (median) | p99 ms (median) | CPU us/request (median) | errors |")
     print("|---|---:|---:|---:|---:|")
     for r in results.values():
         med = statistics.median
