@@ -9,12 +9,14 @@ behind it, which is what gathers them into one batch.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from helpers import MNIST_DIR, FIXTURE_MODELS, Reply, Server, heldout, multipart, png_bytes, post_image, request, start_server
 
@@ -141,3 +143,21 @@ def test_concurrent_mnist_requests_get_the_answers_of_single_requests(mnist_serv
         together = list(pool.map(ask, uploads * 3))
     assert together == alone * 3
     assert [status for status, _ in alone[-2:]] == [400, 400]
+
+
+def test_gray_inks_are_bitwise_the_inks_of_single_images() -> None:
+    """The MNIST service preprocesses same-size grayscale uploads of a batch together: same values."""
+    sys.path.insert(0, str(MNIST_DIR))
+    import preprocess
+
+    digits, _ = heldout(40)
+    images = [Image.fromarray(d) for d in digits]
+    images += [Image.fromarray(255 - d) for d in digits[:10]]  # dark ink on light paper
+    images += [Image.fromarray(d).resize((56, 56)) for d in digits[:10]]  # a second size
+    images += [Image.new("L", (28, 28), 0), Image.new("L", (1, 1), 9), Image.new("RGB", (28, 28)), Image.new("L", (400, 20))]
+    inks = preprocess.gray_inks(images)
+    assert [ink is None for ink in inks[-2:]] == [True, True]  # not plain grayscale within WORK_SIDE
+    for image, ink in zip(images, inks):
+        if ink is not None:
+            alone = preprocess.ink_from_image(image)
+            assert ink.dtype == alone.dtype and ink.shape == alone.shape and ink.tobytes() == alone.tobytes()

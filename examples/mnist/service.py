@@ -5,10 +5,11 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from preprocess import NoDigitError, image_to_tensor
+from preprocess import SIDE, NoDigitError, gray_inks, ink_from_image, normalize_ink
 
 from maserve import Inputs, InvalidInput, Model, UploadedFile
 from maserve.onnx import onnx_session
@@ -38,24 +39,50 @@ class MnistService(Model):
         self.predict(Inputs(files={"images": UploadedFile("warmup.png", "image/png", buffer.getvalue())}))
 
     def predict(self, inputs: Inputs) -> dict[str, int]:
-        return self.predict_batch([self.prepare(inputs)])[0]
+        (answer,) = self.predict_batch([self.prepare(inputs)])
+        if isinstance(answer, InvalidInput):
+            raise answer
+        return answer
 
-    def prepare(self, inputs: Inputs) -> np.ndarray:
-        """Decode and preprocess one upload: its errors fail only its own request."""
+    def prepare(self, inputs: Inputs) -> Upload:
+        """Decode one upload: its errors fail only its own request."""
         upload = inputs.files["images"]
-        image = open_image(upload.data, upload.filename)
-        try:
-            return image_to_tensor(image)
-        except NoDigitError as exc:
-            raise InvalidInput(str(exc), error_code="MASERVE.NO_DIGIT") from None
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise InvalidInput(f"'{upload.filename}' could not be decoded: {exc}", error_code="MASERVE.INVALID_IMAGE") from None
+        return Upload(open_image(upload.data, upload.filename), upload.filename)
 
-    def predict_batch(self, items: list[np.ndarray]) -> list[dict[str, int]]:
-        """One onnxruntime call for the whole batch (the model's batch dimension is dynamic)."""
-        batch = items[0] if len(items) == 1 else np.concatenate(items)
+    def predict_batch(self, items: list[Upload]) -> list[dict[str, int] | InvalidInput]:
+        """Preprocess the batch (same-size grayscale uploads together) and classify it with one
+        onnxruntime call (the model's batch dimension is dynamic). An upload with no digit gets
+        its InvalidInput in its place: it fails alone."""
+        inks = gray_inks([item.image for item in items])
+        tensors = [_tensor(item, ink) for item, ink in zip(items, inks)]
+        ready = [tensor for tensor in tensors if isinstance(tensor, np.ndarray)]
+        digits = iter(self._classify(ready) if ready else [])
+        return [tensor if isinstance(tensor, InvalidInput) else {"mnist_result": next(digits)} for tensor in tensors]
+
+    def _classify(self, tensors: list[np.ndarray]) -> list[int]:
+        batch = tensors[0] if len(tensors) == 1 else np.concatenate(tensors)
         (logits,) = self.session.run(None, {self.input_name: batch})
-        return [{"mnist_result": int(digit)} for digit in np.argmax(logits, axis=1)]
+        return [int(digit) for digit in np.argmax(logits, axis=1)]
+
+
+class Upload(NamedTuple):
+    """A decoded upload waiting for its batch."""
+
+    image: Image.Image
+    filename: str
+
+
+def _tensor(upload: Upload, ink: np.ndarray | None) -> np.ndarray | InvalidInput:
+    """The model's input for one upload (from its ink when already computed), or why there is none."""
+    try:
+        if ink is None:
+            ink = ink_from_image(upload.image)
+        return normalize_ink(ink).reshape(1, 1, SIDE, SIDE)
+    except NoDigitError as exc:
+        return InvalidInput(str(exc), error_code="MASERVE.NO_DIGIT")
+    except (OSError, ValueError, SyntaxError) as exc:
+        return InvalidInput(f"'{upload.filename}' could not be decoded: {exc}", error_code="MASERVE.INVALID_IMAGE")
+
 
 def open_image(data: bytes, filename: str) -> Image.Image:
     """Open an upload, checking format and declared size before any pixel is decoded."""

@@ -85,7 +85,8 @@ class Model:
         raise NotImplementedError
 
     def predict_batch(self, items: list[Any]) -> list[Any]:
-        """Batching: the answers to `prepare`d items, in their order, one per item."""
+        """Batching: the answers to `prepare`d items, in their order, one per item. An exception
+        (e.g. maserve.InvalidInput) in an item's place fails that request alone."""
         raise NotImplementedError
 
 
