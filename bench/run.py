@@ -51,6 +51,7 @@ HEALTH_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 WRK_TIMEOUT = "5s"
 WARMUP_CONNECTIONS = 8
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 # Targets stated in the report (not asserted).
 TARGET_CONNECTIONS = 64
@@ -108,6 +109,7 @@ class LoadResult:
     rss_mb: float
     pss_mb: float
     nprocs: int
+    cpu_us: float  # server CPU time (master + workers, user + system) per request served
 
     @property
     def error_total(self) -> int:
@@ -249,6 +251,20 @@ def session_pids(sid: int) -> list[int]:
         if len(rest) >= 4 and int(rest[3]) == sid and rest[0] != "Z":
             pids.append(int(entry))
     return pids
+
+
+def cpu_seconds(sid: int) -> float:
+    """utime + stime of every live process in session `sid` (a process's stat sums its threads)."""
+    ticks = 0
+    for pid in session_pids(sid):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        rest = stat[stat.rfind(")") + 2 :].split()
+        ticks += int(rest[11]) + int(rest[12])  # utime, stime
+    return ticks / CLOCK_TICKS
 
 
 def memory_of(sid: int) -> tuple[int, float, float]:
@@ -443,13 +459,16 @@ def bench_server(spec: ServerSpec, args: argparse.Namespace, image: Path, expect
             if proc.poll() is not None:
                 raise BenchError(f"exited with code {proc.returncode} during the run\n{output()}")
             time.sleep(1.0)  # let sockets from the previous level drain
+            cpu_before = cpu_seconds(proc.pid)
             threads, r = run_wrk(spec.url, image, conns, args.duration)
+            cpu_us = (cpu_seconds(proc.pid) - cpu_before) / max(r["requests"], 1) * 1e6
             nprocs, rss, pss = memory_of(proc.pid)
             load = LoadResult(conns, threads, r["rps"], r["p50_ms"], r["p99_ms"], r["requests"],
-                              r["errors"], rss, pss, nprocs)
+                              r["errors"], rss, pss, nprocs, cpu_us)
             run.loads.append(load)
             log(f"{spec.name}: c={conns:<3} {load.rps:9.1f} req/s  p50 {load.p50_ms:8.2f} ms  "
-                f"p99 {load.p99_ms:8.2f} ms  errors {load.error_total}  RSS {rss:.0f} MB ({nprocs} procs)")
+                f"p99 {load.p99_ms:8.2f} ms  errors {load.error_total}  CPU {cpu_us:.0f} us/req  "
+                f"RSS {rss:.0f} MB ({nprocs} procs)")
         if proc.poll() is not None:
             raise BenchError(f"exited with code {proc.returncode} during the run\n{output()}")
     except BenchError as exc:
@@ -573,17 +592,20 @@ def render(runs: list[ServerRun], args: argparse.Namespace, meta: dict) -> str:
         w(f"  - {run.name}: `{run.command}`")
     w("")
 
-    w("| server | connections | req/s | p50 ms | p99 ms | errors | RSS MB | PSS MB |")
-    w("|---|---:|---:|---:|---:|---:|---:|---:|")
+    w("| server | connections | req/s | p50 ms | p99 ms | errors | CPU us/req | RSS MB | PSS MB |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for run in runs:
         for ld in run.loads:
             w(f"| {run.name} | {ld.connections} | {ld.rps:.1f} | {ld.p50_ms:.2f} | {ld.p99_ms:.2f} | "
-              f"{fmt_errors(ld.errors)} | {ld.rss_mb:.0f} | {ld.pss_mb:.0f} |")
+              f"{fmt_errors(ld.errors)} | {ld.cpu_us:.0f} | {ld.rss_mb:.0f} | {ld.pss_mb:.0f} |")
         if run.failure:
-            w(f"| {run.name} | FAILED | | | | | | |")
+            w(f"| {run.name} | FAILED | | | | | | | |")
     w("")
     w("errors = wrk socket errors (connect/read/write/timeout) + non-2xx answers; requests that "
       f"timed out (no answer within {WRK_TIMEOUT}) are not in the latency percentiles. "
+      "CPU us/req = the server's CPU time (user + system, master + workers, all threads) during "
+      "the level, per request served: steadier than req/s on a shared machine, as wrk's own CPU "
+      "is not in it. "
       "RSS = summed over master + workers after each level (counts pages shared between forked "
       "workers once per process); PSS splits shared pages, so it adds up to the real footprint.")
     w("")

@@ -44,6 +44,23 @@ def ink_from_image(image: Image.Image) -> np.ndarray:
     return _polarize(_pixels(image))
 
 
+def gray_inks(images: list[Image.Image]) -> list[np.ndarray | None]:
+    """`ink_from_image` of the plain grayscale images (mode 'L', within WORK_SIDE), computed together
+    for each size: the same values in a few numpy calls instead of several per image. None for the
+    other images, which need `ink_from_image` one by one."""
+    inks: list[np.ndarray | None] = [None] * len(images)
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, image in enumerate(images):
+        if image.mode == "L" and max(image.size) <= WORK_SIDE:
+            by_size.setdefault(image.size, []).append(i)
+    for (width, height), indexes in by_size.items():
+        pixels = b"".join(images[i].tobytes() for i in indexes)
+        gray = np.frombuffer(pixels, dtype=np.uint8).reshape(len(indexes), height, width)
+        for i, ink in zip(indexes, _polarize_many(gray)):
+            inks[i] = ink
+    return inks
+
+
 def _pixels(image: Image.Image) -> np.ndarray:
     """An 'L' image's pixels as uint8 (tobytes is several times cheaper than np.asarray(image))."""
     width, height = image.size
@@ -79,6 +96,22 @@ def _polarize(gray: np.ndarray) -> np.ndarray:
     return np.maximum(ink, 0.0, out=ink)
 
 
+def _polarize_many(gray: np.ndarray) -> np.ndarray:
+    """`_polarize` of n same-size uploads (gray: n x h x w) at once, with the same values: the
+    integer border sums are exact in float64 in any order, the rest is element by element."""
+    height, width = gray.shape[1:]
+    inner = gray[:, 1:-1, 1:-1]
+    border_sum = gray.sum(axis=(1, 2), dtype=np.float64) - inner.sum(axis=(1, 2), dtype=np.float64)
+    background = border_sum / (height * width - inner[0].size)
+    paper = background[:, None, None].astype(np.float32)
+    ink = np.where(
+        (background > 127.0)[:, None, None],
+        np.subtract(paper, gray, dtype=np.float32),  # dark ink on light paper
+        np.subtract(gray, paper, dtype=np.float32),  # light ink on a dark ground
+    )
+    return np.maximum(ink, 0.0, out=ink)
+
+
 def normalize_ink(ink: np.ndarray) -> np.ndarray:
     """Crop to the ink, fit into 20x20, centre by mass in 28x28; values in [0, 1]."""
     peak = float(ink.max())
@@ -86,8 +119,8 @@ def normalize_ink(ink: np.ndarray) -> np.ndarray:
         raise NoDigitError("the image holds no visible digit (it is blank or has almost no contrast)")
     ink = ink * np.float32(1.0 / peak)
     mask = ink > INK_THRESHOLD
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
+    (rows,) = np.nonzero(mask.any(axis=1))  # np.flatnonzero, without its Python wrapper
+    (cols,) = np.nonzero(mask.any(axis=0))
     crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     crop[crop <= INK_THRESHOLD * 0.5] = 0.0  # paper grain and noise around the strokes
 
@@ -98,8 +131,9 @@ def normalize_ink(ink: np.ndarray) -> np.ndarray:
     if (new_h, new_w) == (height, width):
         small = crop  # already fits (an MNIST-style upload): resizing would be the identity
     else:
-        fitted = Image.fromarray(crop, mode="F").resize((new_w, new_h), Image.Resampling.BILINEAR)
-        small = np.clip(np.asarray(fitted, dtype=np.float32), 0.0, 1.0)
+        # Through raw float32 bytes both ways: the same pixels as fromarray/asarray, at a third less cost.
+        fitted = Image.frombytes("F", (width, height), crop.tobytes()).resize((new_w, new_h), Image.Resampling.BILINEAR)
+        small = np.clip(np.frombuffer(fitted.tobytes(), dtype=np.float32).reshape(new_h, new_w), 0.0, 1.0)
 
     total = float(small.sum())
     cy = float(small.sum(axis=1) @ _POSITIONS[:new_h]) / total if total else new_h / 2

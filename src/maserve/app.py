@@ -33,8 +33,8 @@ from maserve.errors import (
     PayloadTooLarge,
     ServiceError,
 )
-from maserve.logs import fields
-from maserve.model import Model, load_model
+from maserve.logs import ACCESS_LOGGER, fields, flush_handlers
+from maserve.model import Model, load_model, serves_batches
 from maserve.openapi import OPENAPI_URL, openapi_document
 from maserve.readiness import StartupGate, StopFlag
 from maserve.schema import RequestSchema, ResponseSchema
@@ -45,12 +45,14 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-access_log = logging.getLogger("maserve.access")
+access_log = logging.getLogger(ACCESS_LOGGER)
 log = logging.getLogger("maserve.app")
 
 # Threads per worker process for decode + inference. Workers already fill the cores; a second
 # thread lets a request that timed out (504) keep running without stalling the next one.
 INFERENCE_THREADS = 2
+# Most requests one `predict_batch` call takes (a batching model); more wait for the next batch.
+MAX_BATCH = 64
 # gunicorn's exit code for "worker failed to boot": the master then stops the whole server.
 WORKER_BOOT_ERROR = 3
 # An incoming X-Request-Id is echoed and logged only if it is short, visible ASCII (no log injection).
@@ -74,6 +76,25 @@ class _ClientGone(Exception):
     """The client disconnected before its request body arrived."""
 
 
+@dataclass(slots=True)
+class _Job:
+    """A request waiting for its batch; `future` gets its encoded answer or its error."""
+
+    route: Route
+    body: bytes
+    boundary: bytes | None
+    future: asyncio.Future[bytes]
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Requests handed to an inference thread together; `stuck` once it outlives the request timeout."""
+
+    jobs: list[_Job]
+    watchdog: asyncio.TimerHandle | None = None
+    stuck: bool = False
+
+
 class MaserveApp:
     """Serves one model directory as described by its config.json."""
 
@@ -89,6 +110,9 @@ class MaserveApp:
         self._routes: dict[str, dict[str, Route]] = {}
         self._request_id_prefix = uuid.uuid4().hex[:16].encode()
         self._request_count = 0
+        self._batching = False  # the model serves batches (set once it is loaded)
+        self._pending: list[_Job] = []  # requests for the next batch
+        self._busy_batches = 0  # batches in a thread, not yet stuck
         for api in config.apis:
             # MASERVE_VALIDATE_RESPONSES=1: check every answer against the api's response schema.
             response = ResponseSchema(api) if settings.validate_responses else None
@@ -116,6 +140,7 @@ class MaserveApp:
             elif message["type"] == "lifespan.shutdown":
                 if self._executor is not None:
                     self._executor.shutdown(wait=False, cancel_futures=True)
+                flush_handlers(access_log)  # access lines wait for the loop's next iteration
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -129,6 +154,7 @@ class MaserveApp:
             sys.stdout.flush()
             os._exit(WORKER_BOOT_ERROR)
         self._model = model
+        self._batching = serves_batches(model)
         self._ready.set()
         self._gate.worker_loaded()
         elapsed = round((time.perf_counter() - started) * 1000, 1)
@@ -230,6 +256,8 @@ class MaserveApp:
                 raise ModelNotReady("the model is still loading; retry shortly") from None
         try:
             async with asyncio.timeout_at(deadline):
+                if self._batching:
+                    return await self._enqueue(loop, _Job(route, body, boundary, loop.create_future()))
                 return await loop.run_in_executor(self._executor, self._predict, route, body, boundary)
         except TimeoutError:
             raise InferenceTimeout(f"inference did not finish within {timeout:g} s") from None
@@ -238,24 +266,78 @@ class MaserveApp:
         """Runs in a worker thread: decode, run the model, encode its answer (and check it, if asked)."""
         inputs = decode(route.api, body, boundary, route.request)
         assert self._model is not None
+        return _encode(route, _call_model(self._model.predict, inputs))
+
+    # -- batching (a model that overrides predict_batch) -----------------------------------------
+    def _enqueue(self, loop: asyncio.AbstractEventLoop, job: _Job) -> asyncio.Future[bytes]:
+        """Queue a request for the next batch; start one now unless a thread is already busy with one."""
+        self._pending.append(job)
+        if self._busy_batches == 0:
+            self._start_batch(loop)
+        return job.future
+
+    def _start_batch(self, loop: asyncio.AbstractEventLoop) -> None:
+        waiting = [job for job in self._pending if not job.future.done()]  # not yet timed out
+        jobs, self._pending = waiting[:MAX_BATCH], waiting[MAX_BATCH:]
+        if not jobs:
+            return
+        batch = _Batch(jobs)
+        self._busy_batches += 1
+        batch.watchdog = loop.call_later(self.settings.request_timeout_seconds, self._batch_stuck, loop, batch)
+        assert self._executor is not None
+        self._executor.submit(self._run_batch, loop, batch)
+
+    def _batch_stuck(self, loop: asyncio.AbstractEventLoop, batch: _Batch) -> None:
+        """A batch outlived the request timeout (its requests got their 504): the requests waiting
+        behind it go to the other inference thread, as a slow request never stalls the next one."""
+        batch.stuck = True
+        self._busy_batches -= 1
+        if self._pending and self._busy_batches == 0:
+            self._start_batch(loop)
+
+    def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: _Batch) -> None:
+        """Runs in a worker thread: answer a batch, then wake the event loop once for all of it."""
         try:
-            result = self._model.predict(inputs)
-        except ServiceError:
-            raise
-        except Exception as exc:
-            log.exception("the model raised an exception")
-            raise ModelError(f"the model failed on this input: {type(exc).__name__}") from None
-        try:
-            encoded = json.dumps(result).encode()
-        except (TypeError, ValueError) as exc:
-            raise ModelError(f"the model's answer is not JSON-serialisable: {exc}") from None
-        if route.response is not None:
+            outcomes = self._predict_batch(batch.jobs)
+        except Exception:  # a bug here must still answer every request of the batch
+            log.exception("unexpected error in a batch")
+            outcomes = [ServiceError("internal server error") for _ in batch.jobs]
+        loop.call_soon_threadsafe(self._deliver, loop, batch, outcomes)
+
+    def _deliver(self, loop: asyncio.AbstractEventLoop, batch: _Batch, outcomes: list[bytes | Exception]) -> None:
+        """On the event loop: hand each request its answer, then start the batch that gathered meanwhile."""
+        if not batch.stuck:
+            assert batch.watchdog is not None
+            batch.watchdog.cancel()
+            self._busy_batches -= 1
+        for job, outcome in zip(batch.jobs, outcomes):
+            if job.future.done():  # timed out: its 504 is already on its way
+                continue
+            if isinstance(outcome, Exception):
+                job.future.set_exception(outcome)
+            else:
+                job.future.set_result(outcome)
+        if self._pending and self._busy_batches == 0:
+            self._start_batch(loop)
+
+    def _predict_batch(self, jobs: list[_Job]) -> list[bytes | Exception]:
+        """Decode and `prepare` each request alone, one `predict_batch` for all that got through,
+        then encode each answer: an error anywhere fails only its own request."""
+        model = self._model
+        assert model is not None
+        outcomes: dict[int, bytes | Exception] = {}
+        prepared: dict[int, Any] = {}
+        for i, job in enumerate(jobs):
             try:
-                route.response.check(json.loads(encoded))  # as sent: tuples are arrays, keys strings
-            except ServiceError as exc:
-                log.error("the model's answer breaks its response schema", extra=fields(error_msg=exc.message))
-                raise
-        return encoded
+                prepared[i] = _call_model(model.prepare, decode(job.route.api, job.body, job.boundary, job.route.request))
+            except Exception as exc:
+                outcomes[i] = exc
+        for i, result in zip(prepared, _batch_results(model, list(prepared.values()))):
+            try:
+                outcomes[i] = result if isinstance(result, Exception) else _encode(jobs[i].route, result)
+            except Exception as exc:
+                outcomes[i] = exc
+        return [outcomes[i] for i in range(len(jobs))]
 
     def _log(
         self,
@@ -282,6 +364,55 @@ class MaserveApp:
         values["error_msg"] = error.message
         level = logging.ERROR if status >= 500 else logging.WARNING
         access_log.log(level, "request failed", extra=fields(**values))
+
+
+def _call_model(method: Callable[[Any], Any], argument: Any) -> Any:
+    """Call the model; an exception other than a ServiceError is logged and becomes a ModelError (500)."""
+    try:
+        return method(argument)
+    except ServiceError:
+        raise
+    except Exception as exc:
+        log.exception("the model raised an exception")
+        raise ModelError(f"the model failed on this input: {type(exc).__name__}") from None
+
+
+def _batch_results(model: Model, items: list[Any]) -> list[Any]:
+    """`predict_batch` over `items`: one answer, or the exception to answer with, per item. When
+    the batch call fails, each item runs alone, so only the item that fails gets the error."""
+    if not items:
+        return []
+    if len(items) > 1:
+        try:
+            return _checked_batch(model, items)
+        except Exception:
+            return [answer for item in items for answer in _batch_results(model, [item])]
+    try:
+        return _call_model(functools.partial(_checked_batch, model), items)
+    except Exception as exc:  # a ServiceError or ModelError: this item's answer
+        return [exc]
+
+
+def _checked_batch(model: Model, items: list[Any]) -> list[Any]:
+    results = model.predict_batch(items)
+    if len(results) != len(items):
+        raise ValueError(f"predict_batch returned {len(results)} answers for {len(items)} items")
+    return results
+
+
+def _encode(route: Route, result: Any) -> bytes:
+    """The model's answer as JSON bytes (checked against the response schema, if asked)."""
+    try:
+        encoded = json.dumps(result).encode()
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"the model's answer is not JSON-serialisable: {exc}") from None
+    if route.response is not None:
+        try:
+            route.response.check(json.loads(encoded))  # as sent: tuples are arrays, keys strings
+        except ServiceError as exc:
+            log.error("the model's answer breaks its response schema", extra=fields(error_msg=exc.message))
+            raise
+    return encoded
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:

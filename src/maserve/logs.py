@@ -6,6 +6,7 @@ one formatter shapes every line. Structured values travel in `extra={"fields": {
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import logging.config
@@ -14,6 +15,12 @@ from typing import Any
 
 # The attribute that carries a record's structured values (passed via `extra`).
 _FIELDS = "fields"
+# json.dumps(value, default=str), without building an encoder per line.
+_ENCODE = json.JSONEncoder(default=str).encode
+# The server's one-line-per-request log: the lines TickStreamHandler writes once per loop iteration.
+ACCESS_LOGGER = "maserve.access"
+# TickStreamHandler writes at once past this many waiting lines (bounds memory and the wait).
+_MAX_WAITING_LINES = 256
 
 
 _last_second: tuple[int, str] = (-1, "")
@@ -41,7 +48,7 @@ class JsonFormatter(logging.Formatter):
         entry.update(getattr(record, _FIELDS, None) or {})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return _ENCODE(entry)
 
 
 class TextFormatter(logging.Formatter):
@@ -58,6 +65,49 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class TickStreamHandler(logging.StreamHandler):
+    """A StreamHandler that writes the access lines of one event-loop iteration with one write.
+
+    A worker logs a line per request, and in the image stdout is unbuffered (PYTHONUNBUFFERED), so
+    one write per line is a system call per request. Access lines logged on an event loop wait in
+    memory until the next iteration; any other line is written at once, after the waiting ones, so
+    the order holds. A worker stops by re-raising SIGTERM (uvicorn), with no atexit: the app calls
+    `flush` at lifespan shutdown, after the last request, so no line is lost.
+    """
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__(stream)
+        self._waiting: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+            loop: asyncio.AbstractEventLoop | None = None
+            if record.name == ACCESS_LOGGER:
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    pass
+            self._waiting.append(line)
+            if loop is None or len(self._waiting) >= _MAX_WAITING_LINES:
+                self.flush()
+            elif len(self._waiting) == 1:
+                loop.call_soon(self.flush)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        """Write the waiting lines, then flush the stream (from any thread: it takes the lock)."""
+        with self.lock:  # type: ignore[union-attr]  # an RLock: emit already holds it
+            if self._waiting:
+                text = "".join(self._waiting)
+                self._waiting.clear()
+                self.stream.write(text)
+            super().flush()
+
+
 class _DropSocketCloseNoise(logging.Filter):
     """gunicorn's worker re-closes sockets uvicorn already closed at shutdown: EBADF, harmless."""
 
@@ -69,7 +119,7 @@ def logging_config(log_format: str) -> dict[str, Any]:
     """A dictConfig for the process: also handed to gunicorn as `logconfig_dict`."""
     formatter = JsonFormatter if log_format == "json" else TextFormatter
     handler = {
-        "class": "logging.StreamHandler",
+        "class": f"{__name__}.TickStreamHandler",
         "stream": "ext://sys.stdout",
         "formatter": "maserve",
         "filters": ["socket_close_noise"],
@@ -105,6 +155,15 @@ def setup_logging(log_format: str) -> None:
     logging.logMultiprocessing = False
     logging.logAsyncioTasks = False
     logging.config.dictConfig(logging_config(log_format))
+
+
+def flush_handlers(logger: logging.Logger) -> None:
+    """Flush every handler a record of `logger` reaches: its own, then its ancestors' while it propagates."""
+    current: logging.Logger | None = logger
+    while current is not None:
+        for handler in current.handlers:
+            handler.flush()
+        current = current.parent if current.propagate else None
 
 
 def fields(**values: Any) -> dict[str, Any]:

@@ -7,6 +7,7 @@ gives in-flight requests up to the drain period before it exits 0.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -18,6 +19,7 @@ from typing import Any, Callable
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
@@ -39,12 +41,47 @@ class _WorkerServer(Server):
         super().handle_exit(sig, frame)
 
 
+class _OneWriteTransport:
+    """A transport that sends what one loop iteration writes with one write: uvicorn writes a
+    response's head and body separately, two system calls and two wake-ups of the client per
+    request; together they cost about 4% of maserve's throughput on a small model (bench/)."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._parts:
+            asyncio.get_running_loop().call_soon(self._send)
+        self._parts.append(data)
+
+    def _send(self) -> None:
+        data = b"".join(self._parts)
+        self._parts.clear()
+        if data and not self._transport.is_closing():  # a client gone meanwhile: nothing to send
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self._send()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class _OneWriteHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol on a _OneWriteTransport."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(_OneWriteTransport(transport))  # type: ignore[arg-type]
+
+
 class MaserveWorker(UvicornWorker):
-    """uvicorn worker (uvloop + httptools when installed) without uvicorn's own access log."""
+    """uvicorn worker (uvloop + httptools) without uvicorn's own access log."""
 
     CONFIG_KWARGS = {
         "loop": "auto",
-        "http": "auto",
+        "http": _OneWriteHttpToolsProtocol,
         "access_log": False,
         "lifespan": "on",
         "server_header": False,

@@ -1,0 +1,163 @@
+"""Batching (a model that overrides predict_batch): every request still gets its own answer or error.
+
+The fixture model is written into tmp_path: `prepare` echoes the uploaded text and can refuse it or
+sleep, `predict_batch` fails a whole batch that holds a "crash" item. One worker, so that concurrent
+requests share its batches. A "sleep:1" request holds the inference thread while the others queue
+behind it, which is what gathers them into one batch.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import MNIST_DIR, FIXTURE_MODELS, Reply, Server, heldout, multipart, png_bytes, post_image, request, start_server
+
+SERVICE = '''
+import os
+import time
+
+from maserve import InvalidInput, Model
+
+
+class BatchEcho(Model):
+    def prepare(self, inputs):
+        text = inputs.files["file"].data.decode()
+        if text.startswith("refuse"):
+            raise InvalidInput("refused: " + text)
+        if text.startswith("sleep:"):
+            time.sleep(float(text.split(":")[1]))
+        return text
+
+    def predict_batch(self, items):
+        if any(item.startswith("crash") for item in items):
+            raise RuntimeError("a crash item")
+        return [{"echo": item, "batch": len(items)} for item in items]
+
+    def predict(self, inputs):
+        return self.predict_batch([self.prepare(inputs)])[0]
+'''
+HOLD = "sleep:1"  # keeps the inference thread busy while the other requests queue
+
+
+@pytest.fixture
+def batch_dir(tmp_path: Path) -> Path:
+    model_dir = tmp_path / "batch_echo"
+    model_dir.mkdir()
+    (model_dir / "service.py").write_text(SERVICE)
+    config = json.loads((FIXTURE_MODELS / "echo" / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps(config))
+    return model_dir
+
+
+def _post_text(server: Server, text: str) -> Reply:
+    conn = server.connect()
+    try:
+        body, ctype = multipart([("file", "t.txt", text.encode())])
+        return request(conn, "POST", "/echo", body, {"Content-Type": ctype})
+    finally:
+        conn.close()
+
+
+def _concurrently(server: Server, texts: list[str]) -> dict[str, Reply]:
+    """POST each text on its own connection at once, after HOLD has started on the model."""
+    with ThreadPoolExecutor(len(texts) + 1) as pool:
+        held = pool.submit(_post_text, server, HOLD)
+        time.sleep(0.3)  # let HOLD reach the inference thread first
+        replies = dict(zip(texts, pool.map(lambda t: _post_text(server, t), texts)))
+        assert held.result(timeout=30).status == 200
+    return replies
+
+
+def test_queued_requests_share_a_batch_and_each_gets_its_own_answer(tmp_path: Path, batch_dir: Path) -> None:
+    server = start_server(tmp_path, batch_dir, env={"MASERVE_WORKERS": "1"})
+    try:
+        texts = [f"item-{i}" for i in range(8)]
+        replies = _concurrently(server, texts)
+        for text, reply in replies.items():
+            assert reply.status == 200, reply.body
+            assert reply.json()["echo"] == text
+        assert max(reply.json()["batch"] for reply in replies.values()) > 1
+    finally:
+        server.stop()
+
+
+def test_a_failing_item_fails_only_its_own_request(tmp_path: Path, batch_dir: Path) -> None:
+    server = start_server(tmp_path, batch_dir, env={"MASERVE_WORKERS": "1"})
+    try:
+        good = [f"good-{i}" for i in range(5)]
+        replies = _concurrently(server, [*good, "refuse-me", "crash-me"])
+        for text in good:
+            assert replies[text].status == 200, replies[text].body
+            assert replies[text].json()["echo"] == text
+        assert replies["refuse-me"].status == 400
+        assert replies["refuse-me"].json()["error_code"] == "MASERVE.INVALID_INPUT"
+        assert replies["crash-me"].status == 500
+        assert replies["crash-me"].json()["error_code"] == "MASERVE.MODEL_ERROR"
+        assert server.wait_log(lambda r: r.get("message") == "the model raised an exception")
+    finally:
+        server.stop()
+
+
+def test_a_batch_past_the_timeout_answers_504_and_the_next_request_is_served(tmp_path: Path, batch_dir: Path) -> None:
+    server = start_server(tmp_path, batch_dir, env={"MASERVE_WORKERS": "1", "MASERVE_REQUEST_TIMEOUT_SECONDS": "1"})
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(_post_text, server, "sleep:3")
+            time.sleep(0.5)  # the slow batch is running; "queued" has 0.5 s left when that batch is stuck
+            queued = pool.submit(_post_text, server, "queued")  # waits behind the slow batch
+            reply = slow.result(timeout=30)
+            assert reply.status == 504
+            assert reply.json()["error_code"] == "MASERVE.INFERENCE_TIMEOUT"
+            # The slow batch outlived the timeout: the queued request went to the other thread.
+            assert queued.result(timeout=30).status == 200
+        reply = _post_text(server, "next")
+        assert reply.status == 200
+        assert reply.json()["echo"] == "next"
+    finally:
+        server.stop()
+
+
+@pytest.mark.skipif(not (MNIST_DIR / "model.onnx").exists(), reason="examples/mnist/model.onnx missing")
+def test_concurrent_mnist_requests_get_the_answers_of_single_requests(mnist_server: Server) -> None:
+    images, _ = heldout(48)
+    uploads = [png_bytes(image) for image in images] + [png_bytes(np.zeros((28, 28), np.uint8)), b"not an image"]
+
+    def ask(data: bytes) -> tuple[int, bytes]:
+        conn = mnist_server.connect()
+        try:
+            reply = post_image(conn, data)
+            return reply.status, reply.body
+        finally:
+            conn.close()
+
+    alone = [ask(data) for data in uploads]
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(ask, uploads * 3))
+    assert together == alone * 3
+    assert [status for status, _ in alone[-2:]] == [400, 400]
+
+
+def test_gray_inks_are_bitwise_the_inks_of_single_images() -> None:
+    """The MNIST service preprocesses same-size grayscale uploads of a batch together: same values."""
+    sys.path.insert(0, str(MNIST_DIR))
+    import preprocess
+
+    digits, _ = heldout(40)
+    images = [Image.fromarray(d) for d in digits]
+    images += [Image.fromarray(255 - d) for d in digits[:10]]  # dark ink on light paper
+    images += [Image.fromarray(d).resize((56, 56)) for d in digits[:10]]  # a second size
+    images += [Image.new("L", (28, 28), 0), Image.new("L", (1, 1), 9), Image.new("RGB", (28, 28)), Image.new("L", (400, 20))]
+    inks = preprocess.gray_inks(images)
+    assert [ink is None for ink in inks[-2:]] == [True, True]  # not plain grayscale within WORK_SIDE
+    for image, ink in zip(images, inks):
+        if ink is not None:
+            alone = preprocess.ink_from_image(image)
+            assert ink.dtype == alone.dtype and ink.shape == alone.shape and ink.tobytes() == alone.tobytes()
