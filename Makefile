@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test image-check bench train clean
+.PHONY: run test image-check docker-check bench train clean
 
 $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
@@ -24,6 +24,9 @@ test: $(STAMP)
 # CI's second stage: build the MNIST image offline with podman and check it (root; see image/ci-image.sh).
 image-check: $(STAMP)
 	MASERVE_BIN=$(BIN)/maserve sh image/ci-image.sh
+
+docker-check: $(STAMP)
+	MASERVE_BIN=$(BIN)/maserve sh image/ci-docker.sh
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --output bench/RESULTS.md

@@ -212,3 +212,30 @@ def test_wheel_from_an_installed_maserve_without_its_checkout(tmp_path: Path) ->
     assert declared == expected
     entry_points = archive.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
     assert "maserve = maserve.cli:main" in entry_points
+
+
+def test_the_engine_gets_the_build_arguments_and_the_network(tmp_path: Path) -> None:
+    """What `maserve build` hands the engine: the tag, the Dockerfile, the base, the variant, --network
+    (a mirror on the host's loopback needs `host`), and BuildKit for docker; then it reads the size."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    calls = tmp_path / "calls"
+    engine = fake_bin / "docker"  # records its arguments and BuildKit's switch; an image of 300 MB
+    engine.write_text(f'#!/bin/sh\necho "DOCKER_BUILDKIT=$DOCKER_BUILDKIT $*" >> {calls}\n'
+                      'if [ "$1" = image ]; then echo 300000000; fi\n')
+    engine.chmod(0o755)
+    env_path = f"{fake_bin}:{Path(sys.executable).parent}:/usr/bin:/bin"
+    done = subprocess.run([str(MASERVE_BIN), "build", str(MNIST_DIR), "--engine", "docker", "-t", "digits:1",
+                           "--base-image", "localhost/debian-python:bookworm", "--batch", "--network", "host"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
+                          env={"PATH": env_path, "HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    build_call, inspect_call = calls.read_text().splitlines()
+    arguments = build_call.split()
+    assert arguments[:4] == ["DOCKER_BUILDKIT=1", "build", "-t", "digits:1"]
+    for pair in (["--network", "host"], ["--build-arg", "BATCH=1"], ["--build-arg", "OFFLINE=0"],
+                 ["--build-arg", "BASE_IMAGE=localhost/debian-python:bookworm"]):
+        assert any(arguments[i:i + 2] == pair for i in range(len(arguments))), (pair, build_call)
+    assert inspect_call.split()[1:4] == ["image", "inspect", "digits:1"]
+    assert "digits:1: 300 MB" in done.stdout
+    assert "maserve check --image digits:1 --engine docker" in done.stdout and "--batch" in done.stdout

@@ -64,6 +64,7 @@ class BuildOptions:
     python_version: str = DEFAULT_PYTHON
     index_url: str = ""
     pip_cert: Path | None = None  # CA bundle for the index in an online build; None: the host pip's
+    network: str = ""  # the RUN steps' network (`host`: reach a mirror on the host's loopback); "": the engine's
     context_dir: Path | None = None  # render the context here and do not build
 
 
@@ -317,6 +318,8 @@ def build_command(options: BuildOptions, engine: str, context: Path) -> list[str
                "--build-arg", f"OFFLINE={int(options.offline)}"]
     if options.index_url and not options.offline:
         command += ["--build-arg", f"INDEX_URL={options.index_url}"]
+    if options.network:
+        command += ["--network", options.network]
     if engine == "podman":
         command += ["--format", "docker"]  # Docker-format manifests: what SWR and `docker pull` expect
     return command + [str(context)]

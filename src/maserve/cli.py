@@ -90,6 +90,9 @@ def _build_parsers(commands: argparse._SubParsersAction) -> None:
                        help="package index used inside an online build (recorded in the image history)")
     build.add_argument("--pip-cert", type=Path, metavar="PEM",
                        help="CA bundle for the index inside an online build [the host pip's cert setting]")
+    build.add_argument("--network", default="", metavar="MODE",
+                       help="network of the build's RUN steps, e.g. host: a mirror on the host's 127.0.0.1 "
+                            "[the engine's default]")
     build.add_argument("--context-only", type=Path, metavar="DIR",
                        help="render the build context into DIR and stop (to build it elsewhere)")
 
@@ -257,6 +260,7 @@ def _build(args: argparse.Namespace) -> int:
         python_version=args.python_version,
         index_url=args.index_url,
         pip_cert=args.pip_cert,
+        network=args.network,
         context_dir=args.context_only,
     )
     try:
