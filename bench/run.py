@@ -235,20 +235,25 @@ def _killpg(pgid: int) -> None:
         pass
 
 
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """/proc/PID/stat's fields after the ")" that closes comm (state ppid pgrp session ...), or
+    None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2 :].split()
+
+
 def session_pids(sid: int) -> list[int]:
     """PIDs of every process in session `sid` (the server was started with start_new_session)."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        # Fields after the ")" that closes comm: state ppid pgrp session ...
-        rest = stat[stat.rfind(")") + 2 :].split()
-        if len(rest) >= 4 and int(rest[3]) == sid and rest[0] != "Z":
+        rest = _stat_fields(entry)
+        if rest is not None and len(rest) >= 4 and int(rest[3]) == sid and rest[0] != "Z":
             pids.append(int(entry))
     return pids
 
@@ -257,13 +262,9 @@ def cpu_seconds(sid: int) -> float:
     """utime + stime of every live process in session `sid` (a process's stat sums its threads)."""
     ticks = 0
     for pid in session_pids(sid):
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                stat = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        rest = stat[stat.rfind(")") + 2 :].split()
-        ticks += int(rest[11]) + int(rest[12])  # utime, stime
+        rest = _stat_fields(pid)
+        if rest is not None:
+            ticks += int(rest[11]) + int(rest[12])  # utime, stime
     return ticks / CLOCK_TICKS
 
 
