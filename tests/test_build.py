@@ -222,7 +222,7 @@ def test_the_engine_gets_the_build_arguments_and_the_network(tmp_path: Path) -> 
     calls = tmp_path / "calls"
     engine = fake_bin / "docker"  # records its arguments and BuildKit's switch; an image of 300 MB
     engine.write_text(f'#!/bin/sh\necho "DOCKER_BUILDKIT=$DOCKER_BUILDKIT $*" >> {calls}\n'
-                      'if [ "$1" = image ]; then echo 300000000; fi\n')
+                      'if [ "$1" = image ]; then echo \'{"Size": 300000000}\'; fi\n')
     engine.chmod(0o755)
     env_path = f"{fake_bin}:{Path(sys.executable).parent}:/usr/bin:/bin"
     done = subprocess.run([str(MASERVE_BIN), "build", str(MNIST_DIR), "--engine", "docker", "-t", "digits:1",

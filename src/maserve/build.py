@@ -27,6 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from maserve.check.image import EngineError, default_engine, inspect_image
 from maserve.config import ConfigError, read_config
 from maserve.scaffold import image_name
 from maserve.validate import ERROR, validate_config
@@ -332,18 +333,13 @@ def _engine_hint(options: BuildOptions) -> str:
 
 
 def image_size(engine: str, tag: str) -> int:
-    done = subprocess.run([engine, "image", "inspect", tag, "--format", "{{.Size}}"],
-                          capture_output=True, text=True, timeout=120, check=False)
-    text = done.stdout.strip()
-    if done.returncode != 0 or not text.isdigit():
-        raise BuildError(f"{engine} image inspect {tag}: {(done.stderr or done.stdout).strip()}")
-    return int(text)
-
-
-def default_engine() -> str:
-    from maserve.check.image import default_engine as detect
-
-    return detect()
+    try:
+        size = inspect_image(engine, tag).get("Size")
+    except (EngineError, ValueError) as exc:  # ValueError: not JSON
+        raise BuildError(str(exc)) from exc
+    if not isinstance(size, int):
+        raise BuildError(f"{engine} image inspect {tag} reported no size")
+    return size
 
 
 def default_tag(model_dir: Path) -> str:

@@ -275,7 +275,7 @@ def _base_image(args: argparse.Namespace) -> int:
     """Run the packaged make-base.sh (debootstrap, needs root) and pass its exit status on."""
     from importlib import resources
 
-    from maserve.build import default_engine
+    from maserve.check.image import default_engine
 
     engine = args.engine or default_engine()
     with resources.as_file(resources.files("maserve") / "image" / "make-base.sh") as script:
