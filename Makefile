@@ -25,6 +25,7 @@ test: $(STAMP)
 image-check: $(STAMP)
 	MASERVE_BIN=$(BIN)/maserve sh image/ci-image.sh
 
+# CI's Docker stage: the same with a dockerd of its own (root; see image/ci-docker.sh).
 docker-check: $(STAMP)
 	MASERVE_BIN=$(BIN)/maserve sh image/ci-docker.sh
 
