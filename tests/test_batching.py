@@ -161,3 +161,23 @@ def test_gray_inks_are_bitwise_the_inks_of_single_images() -> None:
         if ink is not None:
             alone = preprocess.ink_from_image(image)
             assert ink.dtype == alone.dtype and ink.shape == alone.shape and ink.tobytes() == alone.tobytes()
+
+
+def test_images_to_tensors_are_bitwise_the_tensors_of_single_images() -> None:
+    """The MNIST service normalises a batch's inks together: same values as one by one, and a blank
+    upload fails alone."""
+    sys.path.insert(0, str(MNIST_DIR))
+    import preprocess
+
+    digits, _ = heldout(40)
+    images = [Image.fromarray(d) for d in digits]
+    images += [Image.fromarray(255 - d).resize((90, 60)) for d in digits[:10]]  # paper, stretched: resized
+    images += [Image.fromarray(d).rotate(20, expand=True) for d in digits[:10]]  # another size
+    images += [Image.fromarray(d).convert("RGB") for d in digits[:5]]  # not plain grayscale
+    images += [Image.new("L", (28, 28), 0), Image.new("L", (28, 28), 200)]  # blank: no digit
+    tensors = preprocess.images_to_tensors(images)
+    assert len(tensors) == len(images)
+    for image, tensor in zip(images[:-2], tensors):
+        alone = preprocess.image_to_tensor(image)
+        assert isinstance(tensor, np.ndarray) and tensor.tobytes() == alone.tobytes()
+    assert all(isinstance(tensor, preprocess.NoDigitError) for tensor in tensors[-2:])

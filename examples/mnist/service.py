@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from preprocess import SIDE, NoDigitError, gray_inks, ink_from_image, normalize_ink
+from preprocess import SIDE, NoDigitError, images_to_tensors
 
 from maserve import Inputs, InvalidInput, Model, UploadedFile
 from maserve.onnx import onnx_session
@@ -50,17 +50,19 @@ class MnistService(Model):
         return Upload(open_image(upload.data, upload.filename), upload.filename)
 
     def predict_batch(self, items: list[Upload]) -> list[dict[str, int] | InvalidInput]:
-        """Preprocess the batch (same-size grayscale uploads together) and classify it with one
-        onnxruntime call (the model's batch dimension is dynamic). An upload with no digit gets
-        its InvalidInput in its place: it fails alone."""
-        inks = gray_inks([item.image for item in items])
-        tensors = [_tensor(item, ink) for item, ink in zip(items, inks)]
+        """Preprocess the batch (uploads of a size together) and classify it with one onnxruntime
+        call (the model's batch dimension is dynamic). An upload with no digit gets its
+        InvalidInput in its place: it fails alone."""
+        tensors = images_to_tensors([item.image for item in items])
         ready = [tensor for tensor in tensors if isinstance(tensor, np.ndarray)]
         digits = iter(self._classify(ready) if ready else [])
-        return [tensor if isinstance(tensor, InvalidInput) else {"mnist_result": next(digits)} for tensor in tensors]
+        return [
+            {"mnist_result": next(digits)} if isinstance(tensor, np.ndarray) else _invalid(item, tensor)
+            for item, tensor in zip(items, tensors)
+        ]
 
     def _classify(self, tensors: list[np.ndarray]) -> list[int]:
-        batch = tensors[0] if len(tensors) == 1 else np.concatenate(tensors)
+        batch = np.stack(tensors).reshape(len(tensors), 1, SIDE, SIDE)
         (logits,) = self.session.run(None, {self.input_name: batch})
         return [int(digit) for digit in np.argmax(logits, axis=1)]
 
@@ -72,16 +74,11 @@ class Upload(NamedTuple):
     filename: str
 
 
-def _tensor(upload: Upload, ink: np.ndarray | None) -> np.ndarray | InvalidInput:
-    """The model's input for one upload (from its ink when already computed), or why there is none."""
-    try:
-        if ink is None:
-            ink = ink_from_image(upload.image)
-        return normalize_ink(ink).reshape(1, 1, SIDE, SIDE)
-    except NoDigitError as exc:
-        return InvalidInput(str(exc), error_code="MASERVE.NO_DIGIT")
-    except (OSError, ValueError, SyntaxError) as exc:
-        return InvalidInput(f"'{upload.filename}' could not be decoded: {exc}", error_code="MASERVE.INVALID_IMAGE")
+def _invalid(upload: Upload, error: Exception) -> InvalidInput:
+    """The 400 for an upload that preprocessing could not turn into a digit."""
+    if isinstance(error, NoDigitError):
+        return InvalidInput(str(error), error_code="MASERVE.NO_DIGIT")
+    return InvalidInput(f"'{upload.filename}' could not be decoded: {error}", error_code="MASERVE.INVALID_IMAGE")
 
 
 def open_image(data: bytes, filename: str) -> Image.Image:
