@@ -3,7 +3,8 @@
 The fixture model is written into tmp_path: `prepare` echoes the uploaded text and can refuse it or
 sleep, `predict_batch` fails a whole batch that holds a "crash" item. One worker, so that concurrent
 requests share its batches. A "sleep:1" request holds the inference thread while the others queue
-behind it, which is what gathers them into one batch.
+behind it, which is what gathers them into one batch (a fresh server's first batch always runs on
+the inference thread: nothing is known of the model yet, so it is not run on the event loop).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from helpers import MNIST_DIR, FIXTURE_MODELS, Reply, Server, heldout, multipart
 
 SERVICE = '''
 import os
+import threading
 import time
 
 from maserve import InvalidInput, Model
@@ -39,7 +41,8 @@ class BatchEcho(Model):
     def predict_batch(self, items):
         if any(item.startswith("crash") for item in items):
             raise RuntimeError("a crash item")
-        return [{"echo": item, "batch": len(items)} for item in items]
+        thread = threading.current_thread().name
+        return [{"echo": item[:40], "batch": len(items), "thread": thread} for item in items]
 
     def predict(self, inputs):
         return self.predict_batch([self.prepare(inputs)])[0]
@@ -102,6 +105,31 @@ def test_a_failing_item_fails_only_its_own_request(tmp_path: Path, batch_dir: Pa
         assert replies["crash-me"].status == 500
         assert replies["crash-me"].json()["error_code"] == "MASERVE.MODEL_ERROR"
         assert server.wait_log(lambda r: r.get("message") == "the model raised an exception")
+    finally:
+        server.stop()
+
+
+def test_quick_batches_run_on_the_event_loop_and_a_slow_one_sends_the_next_back_to_the_thread(
+    tmp_path: Path, batch_dir: Path
+) -> None:
+    server = start_server(tmp_path, batch_dir, env={"MASERVE_WORKERS": "1", "MASERVE_REQUEST_TIMEOUT_SECONDS": "1"})
+    try:
+        first, second = _post_text(server, "one"), _post_text(server, "two")
+        assert first.json()["thread"].startswith("maserve-infer")  # nothing known of the model yet
+        assert second.json()["thread"] == "MainThread"  # the first batch was quick
+        large = _post_text(server, "x" * 70_000)  # a large upload is never decoded on the event loop
+        assert large.status == 200 and large.json()["thread"].startswith("maserve-infer")
+        assert _post_text(server, "three").json()["thread"] == "MainThread"
+
+        # Quick so far, so this slow one runs on the event loop; it is answered when it ends.
+        assert _post_text(server, "sleep:1.5").status in (200, 504)
+        # The next batch goes to the thread, where the timeout answers 504 while the model still runs.
+        started = time.monotonic()
+        reply = _post_text(server, "sleep:4")
+        assert reply.status == 504 and time.monotonic() - started < 3.5
+        # Once the model is quick again, batches go back to the event loop.
+        threads = [_post_text(server, f"after-{i}").json()["thread"] for i in range(3)]
+        assert threads[-1] == "MainThread"
     finally:
         server.stop()
 
