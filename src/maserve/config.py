@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,13 @@ class ApiSpec:
     response_content_type: str
     response_schema: dict[str, Any]
 
-    @property
+    @cached_property  # read for every request
     def file_fields(self) -> frozenset[str]:
         """Request fields declared `{"type": "file"}`: they arrive as uploaded files."""
         props = self.request_schema.get("properties", {})
         return frozenset(name for name, spec in props.items() if isinstance(spec, dict) and spec.get("type") == "file")
 
-    @property
+    @cached_property
     def required_fields(self) -> tuple[str, ...]:
         return tuple(self.request_schema.get("required", ()))
 

@@ -7,6 +7,7 @@ multipart text converted to its declared type, are validated against the schema 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any
@@ -25,10 +26,12 @@ _PARAMETER = re.compile(rb';\s*([^\s=;]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]*)
 _QUOTED_PAIR = re.compile(rb"\\(.)")
 
 
+@functools.lru_cache(maxsize=256)
 def parse_header(value: bytes) -> tuple[bytes, dict[bytes, bytes]]:
     """Split `type; key=value; ...` into the lower-cased type and its parameters (keys lower-cased).
 
     Extended `key*=` parameters are skipped: RFC 7578 forbids them in multipart/form-data.
+    Cached, as a client sends the same headers again and again: treat the dict as read-only.
     """
     main, _, rest = value.partition(b";")
     params: dict[bytes, bytes] = {}
