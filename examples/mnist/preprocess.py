@@ -116,21 +116,46 @@ def _polarize_many(gray: np.ndarray) -> np.ndarray:
 
 
 def normalize_ink(ink: np.ndarray) -> np.ndarray:
-    """Crop to the ink, fit into 20x20, centre by mass in 28x28; values in [0, 1]."""
-    (tensor,), (blank,) = normalize_inks(ink[np.newaxis])
-    if blank:
+    """Crop to the ink, fit into 20x20, centre by mass in 28x28; values in [0, 1]. The reference
+    (training uses it); `normalize_inks` does the same for many images, with bitwise the same values."""
+    peak = float(ink.max())
+    if peak < MIN_CONTRAST:
         raise NoDigitError(NO_DIGIT)
-    return tensor
+    ink = ink * np.float32(1.0 / peak)
+    mask = ink > INK_THRESHOLD
+    (rows,) = np.nonzero(mask.any(axis=1))  # np.flatnonzero, without its Python wrapper
+    (cols,) = np.nonzero(mask.any(axis=0))
+    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    crop[crop <= INK_THRESHOLD * 0.5] = 0.0  # paper grain and noise around the strokes
+
+    fitted = np.zeros((BOX, BOX), dtype=np.float32)
+    new_h, new_w = _fit(crop, fitted)
+    small = np.minimum(fitted[:new_h, :new_w], 1.0)  # bilinear resizing can overshoot by a rounding error
+
+    total = float(small.sum())
+    cy = float(small.sum(axis=1) @ _POSITIONS[:new_h]) / total if total else new_h / 2
+    cx = float(small.sum(axis=0) @ _POSITIONS[:new_w]) / total if total else new_w / 2
+    top = int(round(SIDE / 2 - cy))
+    left = int(round(SIDE / 2 - cx))
+    top = min(max(top, 0), SIDE - new_h)
+    left = min(max(left, 0), SIDE - new_w)
+
+    out = np.zeros((SIDE, SIDE), dtype=np.float32)
+    out[top : top + new_h, left : left + new_w] = small
+    peak = float(small.max())
+    if peak > 0:
+        out *= np.float32(1.0 / peak)
+    return out
 
 
-def normalize_inks(inks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def normalize_inks(inks: np.ndarray) -> tuple[np.ndarray, list[bool]]:
     """`normalize_ink` of n same-size ink maps (n x h x w) at once: (n x 28 x 28 tensors, n blank
-    flags). Everything but the crop and the resize runs as a few numpy calls for the whole stack:
-    per-image numpy calls on 28x28 arrays cost more in call overhead than in arithmetic."""
+    flags). The pixel work runs as a few numpy calls for the whole stack (per-image numpy calls on
+    28x28 arrays cost more in call overhead than in arithmetic); per-image scalars are plain Python."""
     count, height, width = inks.shape
-    peaks = inks.max(axis=(1, 2))
-    blank = peaks < MIN_CONTRAST
-    scaled = inks * _reciprocals(np.where(blank, 1.0, peaks))[:, None, None]
+    peaks = inks.reshape(count, -1).max(axis=1).tolist()
+    blank = [peak < MIN_CONTRAST for peak in peaks]
+    scaled = inks * _reciprocals([1.0 if is_blank else peak for is_blank, peak in zip(blank, peaks)])
     # Which rows and columns hold ink, as float sums: a matrix product is several times cheaper
     # than a boolean any() along an axis of many small images.
     ink = np.greater(scaled, INK_THRESHOLD).astype(np.float32)
@@ -146,26 +171,25 @@ def normalize_inks(inks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # Paper grain and noise around the strokes go to zero (a product is cheaper than a masked store).
     np.multiply(scaled, scaled > INK_THRESHOLD * 0.5, out=scaled)
 
-    fitted = np.zeros((count, BOX, BOX), dtype=np.float32)  # each image's ink at the top left
-    sizes = np.ones((count, 2), dtype=np.int64)  # its (height, width) in there
-    for i, (top, bottom, left, right) in enumerate(boxes):
-        if not blank[i]:
-            new_h, new_w = _fit(scaled[i, top:bottom, left:right], fitted[i])
-            sizes[i] = new_h, new_w
-    np.clip(fitted, 0.0, 1.0, out=fitted)
-
-    totals = fitted.sum(axis=(1, 2), dtype=np.float64)
-    safe_totals = np.where(totals > 0, totals, 1.0)
-    centre_y = np.where(totals > 0, (fitted.sum(axis=2) @ _POSITIONS) / safe_totals, sizes[:, 0] / 2)
-    centre_x = np.where(totals > 0, (fitted.sum(axis=1) @ _POSITIONS) / safe_totals, sizes[:, 1] / 2)
-    tops = np.clip(np.round(SIDE / 2 - centre_y).astype(np.int64), 0, SIDE - sizes[:, 0]).tolist()
-    lefts = np.clip(np.round(SIDE / 2 - centre_x).astype(np.int64), 0, SIDE - sizes[:, 1]).tolist()
+    fitted = np.zeros((count, BOX, BOX), dtype=np.float32)  # each image's ink at the top left ...
+    sizes = [
+        (1, 1) if is_blank else _fit(scaled[i, top:bottom, left:right], fitted[i])  # ... and its size there
+        for i, (is_blank, (top, bottom, left, right)) in enumerate(zip(blank, boxes))
+    ]
+    np.minimum(fitted, 1.0, out=fitted)  # bilinear resizing can overshoot by a rounding error
+    totals = fitted.sum(axis=(1, 2)).tolist()
+    row_mass = (fitted.sum(axis=2) @ _POSITIONS).tolist()
+    col_mass = (fitted.sum(axis=1) @ _POSITIONS).tolist()
 
     out = np.zeros((count, SIDE, SIDE), dtype=np.float32)
-    for i, (top, left, (new_h, new_w)) in enumerate(zip(tops, lefts, sizes.tolist())):
+    for i, ((new_h, new_w), total, y_mass, x_mass) in enumerate(zip(sizes, totals, row_mass, col_mass)):
+        centre_y = y_mass / total if total else new_h / 2
+        centre_x = x_mass / total if total else new_w / 2
+        top = min(max(round(SIDE / 2 - centre_y), 0), SIDE - new_h)
+        left = min(max(round(SIDE / 2 - centre_x), 0), SIDE - new_w)
         out[i, top : top + new_h, left : left + new_w] = fitted[i, :new_h, :new_w]
-    peaks = fitted.max(axis=(1, 2))
-    out *= _reciprocals(np.where(peaks > 0, peaks, 1.0))[:, None, None]
+    peaks = fitted.reshape(count, -1).max(axis=1).tolist()
+    out *= _reciprocals([peak if peak > 0 else 1.0 for peak in peaks])
     return out, blank
 
 
@@ -184,9 +208,9 @@ def _fit(crop: np.ndarray, into: np.ndarray) -> tuple[int, int]:
     return new_h, new_w
 
 
-def _reciprocals(values: np.ndarray) -> np.ndarray:
-    """1 / values as float32, divided in float64 (as `np.float32(1.0 / float(value))` would)."""
-    return (1.0 / values.astype(np.float64)).astype(np.float32)
+def _reciprocals(values: list[float]) -> np.ndarray:
+    """1 / value for each value, as float32 (what `np.float32(1.0 / value)` gives), shaped n x 1 x 1."""
+    return np.array([1.0 / value for value in values], dtype=np.float32).reshape(-1, 1, 1)
 
 
 def image_to_tensor(image: Image.Image) -> np.ndarray:
@@ -209,8 +233,15 @@ def images_to_tensors(images: list[Image.Image]) -> list[np.ndarray | Exception]
                 continue
         by_shape.setdefault(ink.shape, []).append((i, ink))
     for group in by_shape.values():
+        if len(group) == 1:  # one image: fewer numpy calls than the batch path's
+            (i, ink), = group
+            try:
+                results[i] = normalize_ink(ink)
+            except NoDigitError as exc:
+                results[i] = exc
+            continue
         tensors, blank = normalize_inks(np.stack([ink for _, ink in group]))
-        for (i, _), tensor, is_blank in zip(group, tensors, blank.tolist()):
+        for (i, _), tensor, is_blank in zip(group, tensors, blank):
             if not is_blank:
                 results[i] = tensor
     return results
