@@ -35,7 +35,7 @@ from maserve.errors import (
     PayloadTooLarge,
     ServiceError,
 )
-from maserve.logs import ACCESS_LOGGER, fields, flush_handlers
+from maserve.logs import ACCESS_LOGGER, FIELDS, fields, flush_handlers
 from maserve.model import Model, load_model, serves_batches
 from maserve.openapi import OPENAPI_URL, openapi_document
 from maserve.readiness import StartupGate, StopFlag
@@ -387,7 +387,7 @@ class MaserveApp:
             "bytes": size,
         }
         if error is None:
-            access_log.info("request", extra=fields(**values))
+            access_log.info("request", extra={FIELDS: values})
             return
         values["error_code"] = error.error_code
         values["error_msg"] = error.message
