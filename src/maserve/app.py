@@ -35,7 +35,7 @@ from maserve.errors import (
     PayloadTooLarge,
     ServiceError,
 )
-from maserve.logs import ACCESS_LOGGER, FIELDS, fields, flush_handlers
+from maserve.logs import ACCESS_LOGGER, IterationLog, fields, flush_handlers
 from maserve.model import Model, load_model, serves_batches
 from maserve.openapi import OPENAPI_URL, openapi_document
 from maserve.readiness import StartupGate, StopFlag
@@ -119,6 +119,7 @@ class MaserveApp:
         self._routes: dict[str, dict[str, Route]] = {}
         self._request_id_prefix = uuid.uuid4().hex[:16].encode()
         self._request_count = 0
+        self._access_log = IterationLog(access_log)  # a line per request, logged once per loop iteration
         self._batching = False  # the model serves batches (set once it is loaded)
         self._pending: list[_Job] = []  # requests for the next batch
         self._busy_batches = 0  # batches in a thread, not yet stuck
@@ -150,6 +151,7 @@ class MaserveApp:
             elif message["type"] == "lifespan.shutdown":
                 if self._executor is not None:
                     self._executor.shutdown(wait=False, cancel_futures=True)
+                self._access_log.flush()
                 flush_handlers(access_log)  # access lines wait for the loop's next iteration
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -387,12 +389,12 @@ class MaserveApp:
             "bytes": size,
         }
         if error is None:
-            access_log.info("request", extra={FIELDS: values})
+            self._access_log.log(logging.INFO, "request", values)
             return
         values["error_code"] = error.error_code
         values["error_msg"] = error.message
         level = logging.ERROR if status >= 500 else logging.WARNING
-        access_log.log(level, "request failed", extra=fields(**values))
+        self._access_log.log(level, "request failed", values)
 
 
 def _hand_out(jobs: list[_Job], outcomes: list[bytes | Exception]) -> None:
