@@ -41,6 +41,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
@@ -110,6 +111,7 @@ class LoadResult:
     pss_mb: float
     nprocs: int
     cpu_us: float  # server CPU time (master + workers, user + system) per request served
+    split: list[int] = field(default_factory=list)  # wrk's connections held by each process, midway
 
     @property
     def error_total(self) -> int:
@@ -419,20 +421,63 @@ def parse_wrk(output: str, duration_s: float) -> dict:
     }
 
 
-def run_wrk(url: str, image: Path, connections: int, duration_s: int) -> tuple[int, dict]:
+def run_wrk(url: str, image: Path, connections: int, duration_s: int,
+            midway: Callable[[], None] | None = None) -> tuple[int, dict]:
+    """Run wrk; `midway`, if given, is called halfway through the load (to look at the server)."""
     threads = max(1, min(connections, 2))
     cmd = [
         "wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "--latency",
         "--timeout", WRK_TIMEOUT, "-s", str(LUA), url, "--", str(image),
     ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            preexec_fn=_die_with_parent if _LIBC is not None else None)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 60, cwd=REPO,
-                              preexec_fn=_die_with_parent if _LIBC is not None else None)
+        if midway is not None:
+            try:
+                proc.wait(timeout=duration_s / 2)
+            except subprocess.TimeoutExpired:
+                midway()
+        stdout, stderr = proc.communicate(timeout=duration_s + 60)
     except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
         raise BenchError(f"wrk did not finish within {duration_s + 60} s: {shlex.join(cmd)}") from None
     if proc.returncode != 0:
-        raise BenchError(f"wrk failed (code {proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
-    return threads, parse_wrk(proc.stdout, duration_s)
+        raise BenchError(f"wrk failed (code {proc.returncode}): {stderr.strip() or stdout.strip()}")
+    return threads, parse_wrk(stdout, duration_s)
+
+
+def connections_per_process(sid: int, port: int) -> list[int]:
+    """Established TCP connections on `port` held by each process of session `sid`, most first:
+    how the kernel handed wrk's connections to the workers (e.g. [33, 31])."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if len(cols) > 9 and cols[3] == "01" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(cols[9])  # 01 = ESTABLISHED; the server's end has the server's port
+    counts = []
+    for pid in session_pids(sid):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        held = 0
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                held += 1
+        if held:
+            counts.append(held)
+    return sorted(counts, reverse=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -461,15 +506,17 @@ def bench_server(spec: ServerSpec, args: argparse.Namespace, image: Path, expect
                 raise BenchError(f"exited with code {proc.returncode} during the run\n{output()}")
             time.sleep(1.0)  # let sockets from the previous level drain
             cpu_before = cpu_seconds(proc.pid)
-            threads, r = run_wrk(spec.url, image, conns, args.duration)
+            split: list[int] = []
+            midway = lambda: split.extend(connections_per_process(proc.pid, spec.port))  # noqa: E731
+            threads, r = run_wrk(spec.url, image, conns, args.duration, midway)
             cpu_us = (cpu_seconds(proc.pid) - cpu_before) / max(r["requests"], 1) * 1e6
             nprocs, rss, pss = memory_of(proc.pid)
             load = LoadResult(conns, threads, r["rps"], r["p50_ms"], r["p99_ms"], r["requests"],
-                              r["errors"], rss, pss, nprocs, cpu_us)
+                              r["errors"], rss, pss, nprocs, cpu_us, split)
             run.loads.append(load)
             log(f"{spec.name}: c={conns:<3} {load.rps:9.1f} req/s  p50 {load.p50_ms:8.2f} ms  "
                 f"p99 {load.p99_ms:8.2f} ms  errors {load.error_total}  CPU {cpu_us:.0f} us/req  "
-                f"RSS {rss:.0f} MB ({nprocs} procs)")
+                f"RSS {rss:.0f} MB ({nprocs} procs)  connections per process {'/'.join(map(str, split))}")
         if proc.poll() is not None:
             raise BenchError(f"exited with code {proc.returncode} during the run\n{output()}")
     except BenchError as exc:
@@ -593,16 +640,19 @@ def render(runs: list[ServerRun], args: argparse.Namespace, meta: dict) -> str:
         w(f"  - {run.name}: `{run.command}`")
     w("")
 
-    w("| server | connections | req/s | p50 ms | p99 ms | errors | CPU us/req | RSS MB | PSS MB |")
-    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    w("| server | connections | per worker | req/s | p50 ms | p99 ms | errors | CPU us/req | RSS MB | PSS MB |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for run in runs:
         for ld in run.loads:
-            w(f"| {run.name} | {ld.connections} | {ld.rps:.1f} | {ld.p50_ms:.2f} | {ld.p99_ms:.2f} | "
-              f"{fmt_errors(ld.errors)} | {ld.cpu_us:.0f} | {ld.rss_mb:.0f} | {ld.pss_mb:.0f} |")
+            w(f"| {run.name} | {ld.connections} | {'/'.join(map(str, ld.split)) or '?'} | {ld.rps:.1f} | "
+              f"{ld.p50_ms:.2f} | {ld.p99_ms:.2f} | {fmt_errors(ld.errors)} | {ld.cpu_us:.0f} | "
+              f"{ld.rss_mb:.0f} | {ld.pss_mb:.0f} |")
         if run.failure:
-            w(f"| {run.name} | FAILED | | | | | | | |")
+            w(f"| {run.name} | FAILED | | | | | | | | |")
     w("")
-    w("errors = wrk socket errors (connect/read/write/timeout) + non-2xx answers; requests that "
+    w("per worker = wrk's connections each server process held halfway through the level (from "
+      "/proc): the kernel decides this split when wrk connects, and the busier worker sets the p99. "
+      "errors = wrk socket errors (connect/read/write/timeout) + non-2xx answers; requests that "
       f"timed out (no answer within {WRK_TIMEOUT}) are not in the latency percentiles. "
       "CPU us/req = the server's CPU time (user + system, master + workers, all threads) during "
       "the level, per request served: steadier than req/s on a shared machine, as wrk's own CPU "
