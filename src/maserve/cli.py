@@ -1,5 +1,6 @@
 """The command line: `maserve serve` (every flag mirrors a MASERVE_* variable), `maserve config
-validate`, `maserve init`, `maserve predict`, `maserve check`, `maserve build` and `maserve base-image`."""
+validate`, `maserve init`, `maserve predict`, `maserve check`, `maserve batch`, `maserve build` and
+`maserve base-image`."""
 
 from __future__ import annotations
 
@@ -67,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("input", metavar="INPUT", help="a JSON string, a .json file, or a file to upload")
     predict.add_argument("--api", metavar="URL", help="the apis[].url to call [the first api]")
     _check_parser(commands)
+    from maserve.batch import cli as batch_cli
+
+    batch_cli.add_parser(commands)
     _build_parsers(commands)
     return parser
 
@@ -130,6 +134,11 @@ def _check_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["batch", "mapping-rule"]:
+        from maserve.batch.cli import mapping_rule
+
+        return mapping_rule(argv[2:])
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
@@ -141,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         return local.predict(args.model_dir, args.input, args.api)
     if args.command == "check":
         return _check(args)
+    if args.command == "batch":
+        from maserve.batch.cli import main as batch_main
+
+        return batch_main(args)
     if args.command == "build":
         return _build(args)
     if args.command == "base-image":

@@ -9,9 +9,11 @@ import uuid
 from maserve.config import MULTIPART
 
 
-def encode_multipart(files: list[tuple[str, str, bytes]], form: dict[str, str]) -> tuple[bytes, str]:
-    """(body, Content-Type header) for plain `form` fields and `files` as (field, file name, data)."""
-    boundary = uuid.uuid4().hex
+def encode_multipart(files: list[tuple[str, str, bytes]], form: dict[str, str],
+                     boundary: str | None = None) -> tuple[bytes, str]:
+    """(body, Content-Type header) for plain `form` fields and `files` as (field, file name, data);
+    a random boundary unless one is given (`maserve batch` draws one per job)."""
+    boundary = boundary or uuid.uuid4().hex
     parts: list[bytes] = []
     for name, value in form.items():
         head = f'--{boundary}\r\nContent-Disposition: form-data; name="{_quote(name)}"\r\n\r\n'

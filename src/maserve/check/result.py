@@ -51,6 +51,9 @@ def one_line(text: str, limit: int = 400) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
+PROGRESS_PREFIX = "maserve check"  # `maserve batch` reuses the targets and says its own name
+
+
 def progress(message: str) -> None:
     """Long checks say what they are doing on stderr; stdout stays the report."""
-    print(f"maserve check: {message}", file=sys.stderr, flush=True)
+    print(f"{PROGRESS_PREFIX}: {message}", file=sys.stderr, flush=True)

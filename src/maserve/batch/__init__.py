@@ -1,0 +1,15 @@
+"""`maserve batch`: what ModelArts does with a batch service, on one machine.
+
+The platform calls one api of the image once per input file (`mapping_type` file) or once per CSV
+row (`mapping_type` csv, through a `mapping_rule`), and writes `infer-result-<task_id>/` with one
+`<name>_result.txt` per input plus `infer-result-<task_id>.manifest`. This package does the same
+against a running URL, a command it starts or an image it runs (the targets of `maserve check`):
+
+    inputs.py   what --src-path names: a directory or a .manifest; reading a source (size limit)
+    mapping.py  file mapping (the api's single file field) and csv mapping (the rule → JSON bodies)
+    output.py   the output layout: atomic result files, manifest lines after them, resume, shards
+    runner.py   concurrent requests over keep-alive connections, retries
+    work.py     the inputs as a stream of requests, and what each answer writes
+    job.py      the whole run: checks before anything is sent, the service's lifecycle, the progress bar, the summary
+    cli.py      the command line (`maserve batch`, `maserve batch mapping-rule`)
+"""
