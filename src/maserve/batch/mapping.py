@@ -118,7 +118,8 @@ def compile_rule(rule: Any, api: ApiSpec) -> Rule:
 
 
 def template(api: ApiSpec) -> tuple[dict[str, Any], int]:
-    """The api's request schema with indexes 0, 1, ... on its leaves, in order, and how many."""
+    """The api's request schema with indexes 0, 1, ... on its leaves, in order, and how many. An
+    array of `minItems` N > 1 (iris' four features) becomes N items, one column each."""
     schema = copy.deepcopy(api.request_schema) or {"type": "object", "properties": {}}
     counter = [0]
 
@@ -131,6 +132,9 @@ def template(api: ApiSpec) -> tuple[dict[str, Any], int]:
                 walk(sub)
         elif kind == "array":
             items = node.get("items")
+            wanted = node.get("minItems")
+            if isinstance(items, dict) and isinstance(wanted, int) and 1 < wanted <= 1000:
+                node["items"] = items = [copy.deepcopy(items) for _ in range(wanted)]  # a column each
             for sub in items if isinstance(items, list) else [items]:
                 walk(sub)
         elif kind in LEAF_TYPES:
