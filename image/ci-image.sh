@@ -2,7 +2,8 @@
 # CI's second stage (`make image-check`, run by .ci/run): the real MNIST image, built offline with
 # podman on a base made from Debian packages alone, must pass `maserve check --image` with the
 # default 60 s grace; so must an online build (dependencies from the index inside the build), and the
-# --batch variant must have java and zip and pass the checks with --batch.
+# --batch variant must have java and zip, pass the checks with --batch and run a `maserve batch
+# --image` job (tests/test_batch_image.py).
 #
 # Needs podman (with the settings of image/podman-env.sh on machines like ours: sourced here when
 # CONTAINERS_CONF is unset), debootstrap and root for the base image. Leaves the MNIST image
@@ -53,5 +54,9 @@ podman run --rm --entrypoint sh "$batch_image" -c \
 step "maserve check --image $batch_image --batch (5 s grace)"
 "$maserve" check --image "$batch_image" --engine podman --config examples/mnist --batch \
     --grace 5 --env MASERVE_GRACE_SECONDS=5 --keepalive-seconds 3
+
+step "maserve batch --image $batch_image (tests/test_batch_image.py)"
+MASERVE_TEST_BATCH_IMAGE="$batch_image" MASERVE_TEST_ENGINE=podman "$(dirname "$maserve")/python" -m pytest -q \
+    -p no:cacheprovider tests/test_batch_image.py
 podman rmi "$batch_image" >/dev/null
 step "image stage passed"

@@ -202,3 +202,20 @@ def test_refusals_before_anything_runs(files_server: Server, tmp_path: Path) -> 
     assert files_server.logs().count('"path": "/') == requests_before
     usage = run_batch("--config", str(BATCH_FILES), "--src-path", str(src), "--dest-path", str(tmp_path / "x"))
     assert usage.returncode == 2 and "URL" in usage.stderr
+
+
+def test_a_slow_answer_fails_at_the_timeout_without_a_retry(tmp_path: Path) -> None:
+    server = start_server(tmp_path, BATCH_FILES, env={"BATCH_SLEEP_SECONDS": "3", "MASERVE_WORKERS": "1"})
+    try:
+        src, dest = tmp_path / "in", tmp_path / "out"
+        src.mkdir()
+        (src / "slow.bin").write_bytes(b"s")
+        done = run_batch(_url(server), "--config", str(BATCH_FILES), "--src-path", str(src), "--dest-path", str(dest),
+                         "--timeout", "0.5")
+    finally:
+        server.stop()
+    assert done.returncode == 1, done.stderr
+    [record] = manifest_lines(dest)
+    assert record == {"source": str(src / "slow.bin"), "result": "FAILED",
+                      "error_message": "no answer within --timeout 0.5 s"}
+    assert "0 retried" in done.stdout

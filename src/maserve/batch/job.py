@@ -136,7 +136,7 @@ def run_job(options: JobOptions) -> int:
     for note in job.notes:
         say(note)
     https = options.https or job.config.uses_tls
-    target, endpoints = None, []
+    target, endpoints, summary = None, [], ""
     try:
         if options.urls:
             endpoints = [from_url(url, https).endpoint for url in options.urls]
@@ -148,11 +148,12 @@ def run_job(options: JobOptions) -> int:
             if not _healthy(target, job.config.health_url, options.start_timeout):
                 return 1
             endpoints = [target.endpoint]
-        code = _send(options, job, endpoints)
+        code, summary = _send(options, job, endpoints)
     finally:
         job.output.close()
         if target is not None:
             _stop(target, options.stop_timeout)
+    print(summary, flush=True)  # last, after the service's exit: the run's outcome on stdout
     return code
 
 
@@ -193,7 +194,11 @@ def _stop(target: Target, bound: float) -> None:
         target.cleanup()
 
 
-def _send(options: JobOptions, job: Plan, endpoints: list[Endpoint]) -> int:
+def _send(options: JobOptions, job: Plan, endpoints: list[Endpoint]) -> tuple[int, str]:
+    """Run the work with a progress bar; the exit status and the summary."""
+    from tqdm import tqdm  # noqa: F401 - imported before the clock starts
+
+
     counters = Counters(total=len(job.inputs))
     if job.rule is not None:
         work = csv_work(job.inputs, job.api, job.rule, options.csv_header, job.output, counters)
@@ -216,15 +221,14 @@ def _send(options: JobOptions, job: Plan, endpoints: list[Endpoint]) -> int:
         stop.set()
         bar.join(timeout=5)
     elapsed = time.monotonic() - started
-    _summary(job, counters, elapsed)
-    return 1 if job.output.failed_lines else 0
+    return (1 if job.output.failed_lines else 0), _summary(job, counters, elapsed)
 
 
 def _progress(counters: Counters, unit: str, stop: threading.Event) -> None:
     from tqdm import tqdm
 
     interactive = sys.stderr.isatty()
-    with tqdm(total=counters.total, unit=unit, file=sys.stderr, dynamic_ncols=True, smoothing=0.1,
+    with tqdm(total=counters.total, unit=unit, file=sys.stderr, dynamic_ncols=True, smoothing=0,
               mininterval=0.2 if interactive else 5.0, desc="maserve batch") as bar:
         while True:
             finished = stop.wait(0.25)
@@ -237,14 +241,14 @@ def _progress(counters: Counters, unit: str, stop: threading.Event) -> None:
                 break
 
 
-def _summary(job: Plan, counters: Counters, elapsed: float) -> None:
+def _summary(job: Plan, counters: Counters, elapsed: float) -> str:
     output = job.output
     rate = counters.done / elapsed if elapsed > 0 else 0.0
     lines = [
         f"maserve batch: {output.successful_lines} input(s) SUCCESSFUL, {output.failed_lines} FAILED"
         + (f", {job.skipped} done before (--resume)" if job.skipped else ""),
-        f"  {counters.done} request(s) in {elapsed:.1f} s ({rate:.1f}/s), {counters.retries} retried",
+        f"  {counters.done} request(s) in {elapsed:.2f} s ({rate:.1f}/s), {counters.retries} retried",
         f"  manifest: {', '.join(str(p) for p in output.manifests()) or '(none written)'}",
         f"  results:  {output.results_dir}{os.sep}",
     ]
-    print("\n".join(lines), flush=True)
+    return "\n".join(lines)

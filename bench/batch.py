@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""`maserve batch` throughput against wrk's req/s on the same service at the same concurrency.
+
+One maserve MNIST server (2 workers) is started once, as bench/run.py starts it. Then, in
+alternating rounds (wrk, batch, wrk, batch, ...):
+  - wrk: the multipart POST of one 28x28 PNG at C connections for --duration seconds;
+  - batch: `maserve batch URL --concurrency C` over --files distinct PNG digits (real held-out MNIST
+    images) into a fresh destination on the same disk; its rate is the files it answered over
+    its sending time (from its summary line), and its wall time from start to exit is given too.
+The ratio batch/wrk per round and its median are the result. On this 2-core machine the client
+shares the cores with the service in both cases (wrk is a lean C client, maserve batch reads each
+file, writes a result file and a manifest line per input, all in Python).
+
+    .venv/bin/python bench/batch.py                         # 3000 files, 16 connections, 2 rounds
+    .venv/bin/python bench/batch.py --connections 64 --rounds 3
+    .venv/bin/python bench/batch.py --output bench/RESULTS.md   # replaces the batch section there
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run  # noqa: E402  (bench/run.py: server specs, start/stop, wrk, CPU time)
+
+BEGIN, END = "<!-- bench/batch.py -->", "<!-- /bench/batch.py -->"
+SUMMARY = re.compile(r"(\d+) request\(s\) in ([\d.]+) s \(([\d.]+)/s\)")
+
+
+def make_files(folder: Path, count: int) -> None:
+    import numpy as np
+    from PIL import Image
+
+    images = np.load(run.REPO / "examples" / "mnist" / "samples" / "heldout.npz")["images"]
+    for i in range(count):
+        Image.fromarray(images[i % len(images)]).save(folder / f"{i:05d}.png")
+
+
+def batch_round(maserve: Path, url: str, src: Path, dest: Path, connections: int) -> dict:
+    started = time.monotonic()
+    cpu_before = _children_cpu()
+    done = subprocess.run([str(maserve), "batch", url, "--config", str(run.REPO / "examples" / "mnist"),
+                           "--src-path", str(src), "--dest-path", str(dest), "--concurrency", str(connections)],
+                          capture_output=True, text=True, timeout=600, check=False)
+    wall = time.monotonic() - started
+    match = SUMMARY.search(done.stdout)
+    if done.returncode != 0 or match is None:
+        raise run.BenchError(f"maserve batch failed ({done.returncode}): {done.stdout[-500:]} {done.stderr[-800:]}")
+    requests, seconds = int(match[1]), float(match[2])
+    return {"rate": requests / seconds, "wall": wall, "files": requests,
+            "client_cpu_us": (_children_cpu() - cpu_before) / requests * 1e6}
+
+
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", type=int, default=3000)
+    parser.add_argument("--connections", type=int, default=16, help="wrk -c and batch --concurrency [16]")
+    parser.add_argument("--duration", type=int, default=5, help="seconds of each wrk round [5]")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--output", type=Path, help="a markdown file whose batch section is replaced")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("bench/batch.py: wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
+        return 2
+    venv_bin = Path(sys.executable).parent
+    spec = run.server_spec("maserve", venv_bin, run.REPO / "examples" / "mnist", args.workers)
+    work = Path(tempfile.mkdtemp(prefix="maserve-bench-batch-"))
+    src = work / "in"
+    src.mkdir()
+    make_files(src, args.files)
+    image = src / "00007.png"
+    proc = run.start_server(spec, str(work / "server.out"), str(work / "server.err"))
+    server = run.ServerRun("maserve")
+    rounds: list[tuple[float, dict]] = []
+    try:
+        run.wait_healthy(proc, spec, lambda: run.server_output(str(work / "server.out"), str(work / "server.err")))
+        run.run_wrk(spec.url, image, args.connections, 2)  # warm-up
+        for number in range(args.rounds):
+            _, wrk = run.run_wrk(spec.url, image, args.connections, args.duration)
+            run.log(f"round {number + 1}: wrk {wrk['rps']:.0f} req/s")
+            batch = batch_round(venv_bin / "maserve", spec.url, src, work / f"out-{number}", args.connections)
+            run.log(f"round {number + 1}: maserve batch {batch['rate']:.0f} files/s "
+                    f"(wall {batch['wall']:.1f} s, client CPU {batch['client_cpu_us']:.0f} us/file)")
+            rounds.append((wrk["rps"], batch))  # outputs are removed at the end: a mass delete slows the next creates
+    finally:
+        run.stop_server(proc, server)
+        shutil.rmtree(work, ignore_errors=True)
+    report = render(args, rounds)
+    print(report)
+    if args.output:
+        replace_section(args.output, report)
+    return 0
+
+
+def render(args: argparse.Namespace, rounds: list[tuple[float, dict]]) -> str:
+    ratios = [b["rate"] / w for w, b in rounds]
+    lines = [
+        BEGIN,
+        "## maserve batch against wrk (bench/batch.py)",
+        "",
+        f"Revision {run.git_revision()}, {run.cpu_model()}.",
+        f"One maserve MNIST server, {args.workers} workers; {args.connections} connections for both; "
+        f"{args.files} distinct PNG digits for maserve batch (file mapping, a result file and a manifest line each), "
+        f"one PNG for wrk ({args.duration} s per round); rounds alternate.",
+        "",
+        "| round | wrk req/s | maserve batch files/s | ratio | batch wall time | batch client CPU per file |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for i, ((wrk, batch), ratio) in enumerate(zip(rounds, ratios), 1):
+        lines.append(f"| {i} | {wrk:,.0f} | {batch['rate']:,.0f} | {ratio:.2f} | {batch['wall']:.1f} s | "
+                     f"{batch['client_cpu_us']:.0f} us |")
+    lines += ["", f"Median ratio maserve batch / wrk: **{statistics.median(ratios):.2f}** (goal >= 0.6).", END]
+    return "\n".join(lines)
+
+
+def replace_section(path: Path, report: str) -> None:
+    text = path.read_text() if path.exists() else ""
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + report + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + report + "\n"
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
