@@ -124,9 +124,10 @@ def main(argv: list[str]) -> int:
             for where, root in destinations.items():
                 batches[where] = batch_round(venv_bin / "maserve", spec.url, src, root / f"out-{number}",
                                              args.connections)
-                run.log(f"round {number + 1}: maserve batch into {where}: {batches[where]['rate']:.0f} files/s "
-                        f"(wall {batches[where]['wall']:.1f} s, client CPU {batches[where]['client_cpu_us']:.0f} us/file)")
-            rounds.append((wrk["rps"], batches))  # outputs are removed at the end: a mass delete slows the next creates
+                done = batches[where]
+                run.log(f"round {number + 1}: maserve batch into {where}: {done['rate']:.0f} files/s "
+                        f"(wall {done['wall']:.1f} s, client CPU {done['client_cpu_us']:.0f} us/file)")
+            rounds.append((wrk["rps"], batches))  # outputs removed at the end: a mass delete slows the next creates
     finally:
         run.stop_server(proc, server)
         for root in destinations.values():
@@ -149,7 +150,8 @@ def render(args: argparse.Namespace, rounds: list[tuple[float, dict]], costs: di
         f"mapping: a result file and a manifest line each), one PNG for wrk ({args.duration} s per round); "
         "rounds alternate wrk, batch into a folder on the disk, batch into one on tmpfs.",
         "",
-        "| round | wrk req/s | " + " | ".join(f"batch → {k}: files/s, ratio, wall, client CPU/file" for k in kinds) + " |",
+        "| round | wrk req/s | "
+        + " | ".join(f"batch → {k}: files/s, ratio, wall, client CPU/file" for k in kinds) + " |",
         "|---:|---:|" + "---:|" * len(kinds),
     ]
     for i, (wrk, batches) in enumerate(rounds, 1):

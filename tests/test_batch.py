@@ -8,13 +8,15 @@ import hashlib
 import http.server
 import json
 import shutil
+import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 from batch_helpers import BATCH_FILES, by_source, leftovers, manifest_lines, manifests, run_batch
-from helpers import MNIST_DIR, Server, mnist_model_present, start_server
+from helpers import MASERVE_BIN, MNIST_DIR, ROOT, Server, mnist_model_present, start_server
 
 SAMPLES = MNIST_DIR / "samples"
 
@@ -219,3 +221,37 @@ def test_a_slow_answer_fails_at_the_timeout_without_a_retry(tmp_path: Path) -> N
     assert record == {"source": str(src / "slow.bin"), "result": "FAILED",
                       "error_message": "no answer within --timeout 0.5 s"}
     assert "0 retried" in done.stdout
+
+
+def test_connection_errors_are_retried_across_a_service_restart(tmp_path: Path) -> None:
+    """The service dies midway (SIGKILL) and comes back on the same port: the requests that met
+    the dead service are retried with backoff and every input ends SUCCESSFUL."""
+    env = {"BATCH_SLEEP_SECONDS": "0.02"}
+    first = start_server(tmp_path, BATCH_FILES, env=env)
+    src, dest = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(120):
+        (src / f"{i:03d}.bin").write_bytes(str(i).encode())
+    proc = subprocess.Popen([str(MASERVE_BIN), "batch", _url(first), "--config", str(BATCH_FILES), "--src-path",
+                             str(src), "--dest-path", str(dest), "--concurrency", "4"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    second = None
+    try:
+        deadline = time.monotonic() + 30
+        while len(manifest_lines(dest) if dest.exists() else []) < 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        first.kill_group()
+        second = start_server(tmp_path, BATCH_FILES, env={**env, "MASERVE_PORT": str(first.port)}, wait=False)
+        second.port = first.port
+        second.wait_healthy()
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        for server in (first, second):
+            if server is not None:
+                server.stop()
+    assert proc.returncode == 0, out
+    records = by_source(manifest_lines(dest))
+    assert len(records) == 120 and all(r["result"] == "SUCCESSFUL" for r in records.values())
+    retried = int(out.split(" retried")[0].rsplit(" ", 1)[1])
+    assert retried > 0, out

@@ -206,7 +206,8 @@ def prepare(dest: Path, task_id: str | None, shard: Shard | None, resume: bool, 
         if task_id is None:
             task_id = _found_task(dest, entries, mine)
     elif mine or (entries and shard is None):
-        what = f"already holds {mine[0]}" if mine else f"is not empty ({', '.join(entries[:3])}{', ...' if len(entries) > 3 else ''})"
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        what = f"already holds {mine[0]}" if mine else f"is not empty ({shown})"
         raise UsageError(f"--dest-path {dest} {what}: the platform writes into an empty folder; give an empty "
                          "one, or --resume to carry on a run that stopped")
     dest.mkdir(parents=True, exist_ok=True)
