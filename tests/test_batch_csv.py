@@ -148,3 +148,22 @@ def test_csv_mapping_needs_a_rule(tmp_path: Path) -> None:
                      "--dest-path", str(tmp_path / "out"), "--mapping-type", "csv")
     assert done.returncode == 2
     assert "--mapping-rule" in done.stderr and "maserve batch mapping-rule" in done.stderr
+
+
+def test_tabular_example_answers_its_sample_within_its_schema(tmp_path: Path) -> None:
+    from helpers import assert_matches_response_schema, request
+
+    server = start_server(tmp_path, TABULAR, env={"MASERVE_VALIDATE_RESPONSES": "1"})
+    try:
+        conn = server.connect()
+        reply = request(conn, "POST", "/", (TABULAR / "samples" / "request.json").read_bytes(),
+                        {"Content-Type": "application/json"})
+        bad = request(conn, "POST", "/", json.dumps({"data": {"req_data": [{"input_1": 5.1}]}}).encode(),
+                      {"Content-Type": "application/json"})
+        conn.close()
+    finally:
+        server.stop()
+    assert reply.status == 200, reply.body
+    assert reply.json() == json.loads((TABULAR / "samples" / "expected.json").read_text())["request.json"]
+    assert_matches_response_schema(TABULAR / "config.json", "/", reply.body)
+    assert bad.status == 400 and "input_2" in bad.json()["error_msg"]
