@@ -202,6 +202,9 @@ def test_refusals_before_anything_runs(files_server: Server, tmp_path: Path) -> 
     assert done.returncode == 2 and "not empty" in done.stderr and "--resume" in done.stderr
     assert sorted(p.name for p in busy.iterdir()) == ["someone-else.txt"]
     assert files_server.logs().count('"path": "/') == requests_before
+    inside = run_batch(url, "--config", str(BATCH_FILES), "--src-path", str(src), "--dest-path", str(src / "out"))
+    assert inside.returncode == 2 and "inside --src-path" in inside.stderr
+    assert not (src / "out").exists()
     usage = run_batch("--config", str(BATCH_FILES), "--src-path", str(src), "--dest-path", str(tmp_path / "x"))
     assert usage.returncode == 2 and "URL" in usage.stderr
 

@@ -100,6 +100,10 @@ def plan(options: JobOptions) -> Plan:
                              f"`maserve batch mapping-rule {options.config} --req-uri {options.req_uri}`)")
         rule = mapping.compile_rule(read_rule(options.mapping_rule), api)
         notes += [f"mapping rule: {path} has no index: left out of every request" for path in rule.unmapped]
+    if options.src_path.is_dir() and options.dest_path.absolute().resolve().is_relative_to(
+            options.src_path.absolute().resolve()):
+        raise UsageError(f"--dest-path {options.dest_path} is inside --src-path {options.src_path}: the results "
+                         "would become inputs (the platform needs separate folders too)")
     inputs = list_inputs(options.src_path, options.source_root)
     if options.shard is not None:
         inputs = options.shard.take(inputs)
