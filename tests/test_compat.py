@@ -200,3 +200,21 @@ def test_service_py_wins_over_customize_service_py(tmp_path: Path) -> None:
         assert reply.status == 200 and reply.json()["size"] == 3, reply.body
     finally:
         server.stop()
+
+
+def test_the_platforms_helper_modules_log_and_metrics(tmp_path: Path) -> None:
+    """`import log`, `from model_service import log`, `import model_service.log as log` and
+    `from metric.metrics_manager import MetricsManager` work; the script's INFO lines reach stdout."""
+    server = start_server(tmp_path, model_dir(tmp_path, "compat_helpers", name="helped"), env={"MASERVE_WORKERS": "1"})
+    try:
+        first = post_json(server, "/sum", {"numbers": [1, 2, 3]})
+        second = post_json(server, "/sum", {"numbers": [4]})
+        lines = server.wait_log(lambda r: r.get("message") == "answering 4")
+    finally:
+        server.stop()
+    assert first == (200, {"sum": 6, "updates": 1})
+    assert second == (200, {"sum": 4, "updates": 2})  # recorded per worker, one worker here
+    assert lines and lines[0]["level"] == "INFO" and lines[0]["logger"] == "customize_service"
+    messages = {(r.get("logger"), r.get("message")) for r in server.log_records()}
+    assert ("helpers.pre", "preprocess got 3 numbers") in messages
+    assert ("helpers.infer", "inference done") in messages

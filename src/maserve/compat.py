@@ -73,9 +73,28 @@ def request_data(inputs: Inputs) -> Any:
     return data
 
 
+# Top-level modules of the platform's images that scripts import: alias → maserve's module.
+PLATFORM_MODULES = {"log": "model_service.log", "metric": "model_service.metric",
+                    "metric.metrics_manager": "model_service.metric"}
+
+
+def provide_platform_modules() -> None:
+    """Make `import log` and `from metric.metrics_manager import MetricsManager` work, unless the
+    model directory (or an installed package) has a module of that name, which then wins."""
+    for alias, target in PLATFORM_MODULES.items():
+        top = alias.split(".")[0]
+        if alias in sys.modules or (top == alias and importlib.util.find_spec(alias) is not None):
+            continue
+        if top != alias and sys.modules.get(top) is not importlib.import_module(PLATFORM_MODULES[top]):
+            continue  # the model's own `metric` package: leave its submodules alone
+        sys.modules[alias] = importlib.import_module(target)
+
+
 def import_script(path: Path) -> ModuleType:
-    """Import the script as `customize_service`, with its directory importable for sibling modules."""
+    """Import the script as `customize_service`, with its directory importable for sibling modules
+    and the platform's helper modules (log, metric) provided."""
     sys.path.insert(0, str(path.parent))
+    provide_platform_modules()
     spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
