@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -218,3 +219,28 @@ def test_the_platforms_helper_modules_log_and_metrics(tmp_path: Path) -> None:
     messages = {(r.get("logger"), r.get("message")) for r in server.log_records()}
     assert ("helpers.pre", "preprocess got 3 numbers") in messages
     assert ("helpers.infer", "inference done") in messages
+
+
+def test_a_config_written_like_the_platforms_template_is_served(tmp_path: Path) -> None:
+    """Blank restraint/package_version, the samples' typos, a pass-through response Content-type and
+    a file field in a JSON request: `config validate` passes with warnings, the service starts
+    (logging them) and answers; `maserve build` installs the blank-version package unpinned."""
+    from helpers import MASERVE_BIN
+
+    from maserve.build import model_requirements
+
+    directory = model_dir(tmp_path, "compat_template")
+    validate = subprocess.run([str(MASERVE_BIN), "config", "validate", str(directory)], capture_output=True,
+                              text=True, timeout=60, check=False)
+    assert validate.returncode == 0, validate.stdout
+    assert "valid, 0 errors" in validate.stdout and "latest release is installed" in validate.stdout
+    assert model_requirements(directory, json.loads((directory / "config.json").read_text())) == [
+        "numpy", "six==1.16.0"]
+    server = start_server(tmp_path, directory)
+    try:
+        status, answer = post_json(server, "/", {"images": "cat.jpg", "threshold": 0.25})
+        warned = server.wait_log(lambda r: r.get("level") == "WARNING" and "passed through" in r.get("message", ""))
+    finally:
+        server.stop()
+    assert (status, answer) == (200, {"predicted_label": "cat.jpg", "scores": [0.25, 0.75]})
+    assert warned, "the start-up did not log the config.json warnings"

@@ -110,11 +110,6 @@ REQUEST_DATA = ("apis", 0, "request", "data")
         (_set("apis", 0, "request", value="multipart"), "$.apis[0].request", "must be an object"),
         (_set("apis", 0, "request", "Content-type", value="text/plain"), "$.apis[0].request.Content-type", "must be"),
         (
-            _set("apis", 0, "request", "Content-type", value="application/json"),
-            "$.apis[0].request.data.properties.images.type",
-            "only allowed in a multipart/form-data request",
-        ),
-        (
             _set("apis", 0, "response", "data", "properties", "image", value={"type": "file"}),
             "$.apis[0].response.data.properties.image.type",
             "not in a response",
@@ -225,3 +220,22 @@ def test_a_typo_next_to_the_right_key_still_warns() -> None:
     (finding,) = validate_config(raw)
     assert (finding.level, finding.path) == (WARNING, "$.apis[0].procotol")
     assert "the value of 'protocol' wins" in finding.message
+
+
+def test_what_the_platforms_own_templates_write_is_a_warning_not_an_error() -> None:
+    """Blank `restraint` and `package_version` (the official template), a pass-through response
+    Content-type, a file field in a JSON request: ModelArts accepts all three, so maserve warns."""
+    raw = _mnist()
+    raw["dependencies"] = [{"installer": "pip", "packages": [
+        {"package_name": "numpy", "package_version": "", "restraint": ""},
+        {"package_name": "six", "package_version": "1.16.0", "restraint": ""}]}]
+    raw["apis"][0]["response"]["Content-type"] = "multipart/json"
+    raw["apis"][0]["request"]["Content-type"] = "application/json"
+    findings = {f.path: f for f in validate_config(raw)}
+    assert all(f.level == WARNING for f in findings.values()), findings
+    assert "latest release is installed" in findings["$.dependencies[0].packages[0].package_version"].message
+    assert "taken as EXACT" in findings["$.dependencies[0].packages[1].restraint"].message
+    assert "passed through by ModelArts" in findings["$.apis[0].response.Content-type"].message
+    assert "only a value" in findings["$.apis[0].request.data.properties.images.type"].message
+    raw["apis"][0]["request"]["Content-type"] = "text/plain"  # a request type still is an error
+    assert [f.path for f in validate_config(raw) if f.level == ERROR] == ["$.apis[0].request.Content-type"]

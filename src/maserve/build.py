@@ -163,7 +163,7 @@ def model_requirements(model_dir: Path, config: dict[str, Any]) -> list[str]:
     for dependency in config.get("dependencies") or []:
         for package in dependency.get("packages") or []:
             version = package.get("package_version")
-            operator = RESTRAINT_OPERATORS[package.get("restraint", "EXACT")]
+            operator = RESTRAINT_OPERATORS[package.get("restraint") or "EXACT"]  # blank: as validate warns
             lines.append(f"{package['package_name']}{operator}{version}" if version else package["package_name"])
     requirements = model_dir / "requirements.txt"
     if requirements.is_file():

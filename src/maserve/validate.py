@@ -214,23 +214,31 @@ def _check_body(body: Any, path: str, is_request: bool, out: list[Finding]) -> N
         fix = CONTENT_TYPE_TYPOS[normalised]
         out.append(Finding(WARNING, ctype_path, f'ModelArts accepts this typo; write "{fix}"'))
         normalised = fix
-    elif normalised not in CONTENT_TYPES or not isinstance(content_type, str):
+    elif not isinstance(content_type, str) or (normalised not in CONTENT_TYPES and is_request):
         out.append(Finding(ERROR, ctype_path, f"must be {JSON} or {MULTIPART}, got {content_type!r}"))
         normalised = "?"  # unknown: a file field is neither allowed nor refused for it
+    elif normalised not in CONTENT_TYPES:
+        # The platform passes the container's answer through whatever this says (templates write
+        # e.g. multipart/json); maserve answers the script's JSON as application/json.
+        out.append(Finding(WARNING, ctype_path, f"{content_type!r} is passed through by ModelArts; maserve "
+                           f"answers JSON as {JSON}: write {JSON}"))
     if "data" in body:
         if not is_request:
-            file_rule: str | None = f"a file field is only allowed in a {MULTIPART} request, not in a response"
+            file_rule: tuple[str, str] | None = (
+                ERROR, f"a file field is only allowed in a {MULTIPART} request, not in a response")
         elif normalised not in (MULTIPART, "?"):
-            file_rule = f"a file field is only allowed in a {MULTIPART} request; this one is {normalised}"
+            file_rule = (WARNING, f"a file field in an {normalised} request is only a value (ModelArts accepts it "
+                         "and the script decides what it means); uploads need "
+                         f"{MULTIPART}")
         else:
             file_rule = None
         _check_schema(body["data"], child(path, "data"), file_rule, out)
 
 
-def _check_schema(schema: Any, path: str, file_rule: str | None, out: list[Finding]) -> None:
+def _check_schema(schema: Any, path: str, file_rule: tuple[str, str] | None, out: list[Finding]) -> None:
     """`data` is a Draft 7 JSON Schema, where `{"type": "file"}` marks an upload field.
 
-    `file_rule` is why a file field is refused here, or None where one is allowed.
+    `file_rule` is (level, why) for a file field here, or None where one is allowed.
     """
     if not isinstance(schema, dict):
         out.append(Finding(ERROR, path, "must be a JSON Schema object"))
@@ -250,7 +258,7 @@ def _check_schema(schema: Any, path: str, file_rule: str | None, out: list[Findi
         else:
             continue
         if file_rule is not None:
-            out.append(Finding(ERROR, child(sub_path, "type"), file_rule))
+            out.append(Finding(file_rule[0], child(sub_path, "type"), file_rule[1]))
         elif id(sub) not in top_level:
             out.append(Finding(ERROR, child(sub_path, "type"), "a file field must be a top-level property of data"))
     validator = jsonschema.Draft7Validator(jsonschema.Draft7Validator.META_SCHEMA)
@@ -340,11 +348,21 @@ def _check_package(package: Any, path: str, out: list[Finding]) -> None:
         return
     if not isinstance(package.get("package_name"), str) or not package["package_name"]:
         out.append(Finding(ERROR, child(path, "package_name"), "required: the package's name"))
-    if "package_version" in package and not isinstance(package["package_version"], str):
+    version = package.get("package_version")
+    if version is not None and not isinstance(version, str):
         out.append(Finding(ERROR, child(path, "package_version"), "must be a string, e.g. \"1.2.3\""))
-    if "restraint" in package:
-        if package["restraint"] not in RESTRAINTS:
-            got = package["restraint"]
-            out.append(Finding(ERROR, child(path, "restraint"), f"must be EXACT, ATLEAST or ATMOST, got {got!r}"))
-    elif "package_version" in package:
-        out.append(Finding(ERROR, child(path, "restraint"), "required with package_version: EXACT, ATLEAST or ATMOST"))
+        return
+    restraint = package.get("restraint")
+    if not version:
+        # The official template leaves both blank ("package_version": "", "restraint": ""): accepted.
+        if version == "":
+            out.append(Finding(WARNING, child(path, "package_version"),
+                               "blank: the latest release is installed; pin a version for a repeatable image"))
+        if restraint not in (None, "", *RESTRAINTS):
+            out.append(Finding(ERROR, child(path, "restraint"), f"must be EXACT, ATLEAST or ATMOST, got {restraint!r}"))
+    elif restraint in (None, ""):
+        what = "required" if restraint is None else "blank"
+        out.append(Finding(WARNING, child(path, "restraint"),
+                           f"{what} with package_version: taken as EXACT; write EXACT, ATLEAST or ATMOST"))
+    elif restraint not in RESTRAINTS:
+        out.append(Finding(ERROR, child(path, "restraint"), f"must be EXACT, ATLEAST or ATMOST, got {restraint!r}"))
