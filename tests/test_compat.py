@@ -244,3 +244,27 @@ def test_a_config_written_like_the_platforms_template_is_served(tmp_path: Path) 
         server.stop()
     assert (status, answer) == (200, {"predicted_label": "cat.jpg", "scores": [0.25, 0.75]})
     assert warned, "the start-up did not log the config.json warnings"
+
+
+def test_no_apis_declared_serves_post_slash_with_multipart_or_json(tmp_path: Path) -> None:
+    """As the built-in runtimes do: POST / takes an upload or a JSON body and hands it to the
+    script; the start-up log says why; a non-ASCII answer goes out as UTF-8 characters."""
+    server = start_server(tmp_path, model_dir(tmp_path, "compat_noapis"))
+    try:
+        conn = server.connect()
+        body, ctype = multipart([("images", "cat.jpg", b"\xff\xd8 not really a jpeg")], {"note": "hi"})
+        upload = request(conn, "POST", "/", body, {"Content-Type": ctype})
+        as_json = request(conn, "POST", "/", json.dumps({"x": [1, 2]}).encode(), JSON_HEADERS)
+        broken = request(conn, "POST", "/", b"{not json", JSON_HEADERS)
+        elsewhere = request(conn, "POST", "/predict", b"{}", JSON_HEADERS)
+        conn.close()
+        warned = server.wait_log(lambda r: r.get("level") == "WARNING" and "none declared" in r.get("message", ""))
+    finally:
+        server.stop()
+    assert upload.status == 200, upload.body
+    assert upload.json() == {"got": {"images": {"cat.jpg": 20}, "note": "hi"}, "label": "猫"}
+    assert "猫".encode() in upload.body and b"\\u" not in upload.body
+    assert as_json.status == 200 and as_json.json() == {"got": {"x": [1, 2]}, "label": "猫"}
+    assert broken.status == 400 and broken.json()["error_code"] == "MASERVE.MALFORMED_REQUEST"
+    assert elsewhere.status == 404
+    assert warned

@@ -442,11 +442,16 @@ def _checked_batch(model: Model, items: list[Any]) -> list[Any]:
     return results
 
 
+# Non-ASCII text as UTF-8 characters, as the platform's runtimes write it (labels in Chinese are
+# common), not \uXXXX escapes; the encoder built once (json.dumps sets one up on every call).
+_to_json = json.JSONEncoder(ensure_ascii=False).encode
+
+
 def _encode(route: Route, result: Any) -> bytes:
-    """The model's answer as JSON bytes (checked against the response schema, if asked)."""
+    """The model's answer as JSON bytes in UTF-8 (checked against the response schema, if asked)."""
     try:
-        encoded = json.dumps(result).encode()
-    except (TypeError, ValueError) as exc:
+        encoded = _to_json(result).encode()
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError (a lone surrogate) is a ValueError
         raise ModelError(f"the model's answer is not JSON-serialisable: {exc}") from None
     if route.response is not None:
         try:

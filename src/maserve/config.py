@@ -11,9 +11,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from maserve.validate import CONTENT_TYPE_TYPOS, ERROR, JSON, KEY_TYPOS, MULTIPART, Finding, validate_config
+from maserve.validate import ANY, CONTENT_TYPE_TYPOS, ERROR, JSON, KEY_TYPOS, MULTIPART, Finding, validate_config
 
-__all__ = ["JSON", "MULTIPART", "ApiSpec", "ConfigError", "ModelConfig", "load_config", "read_config"]
+__all__ = ["ANY", "JSON", "MULTIPART", "ApiSpec", "ConfigError", "ModelConfig", "load_config", "read_config"]
 
 
 class ConfigError(ValueError):
@@ -82,10 +82,15 @@ def load_config(path: Path) -> ModelConfig:
         for typo, key in KEY_TYPOS.items():
             if typo in api and key not in api:
                 api[key] = api[typo]
-    apis = tuple(_api_spec(api) for api in raw.get("apis") or [])
+    apis = tuple(_api_spec(api) for api in raw.get("apis") or []) or (DEFAULT_API,)
     health_url = (raw.get("health") or {}).get("url", "/health")
     warnings = tuple(f for f in findings if f.level != ERROR)
     return ModelConfig(path=path, raw=raw, apis=apis, health_url=health_url, warnings=warnings)
+
+
+# No apis in config.json: what the platform's built-in runtimes serve (validate warns).
+DEFAULT_API = ApiSpec(url="/", method="POST", protocol="http", request_content_type=ANY, request_schema={},
+                      response_content_type=JSON, response_schema={})
 
 
 def _api_spec(api: dict[str, Any]) -> ApiSpec:

@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-from maserve.config import JSON, MULTIPART, ApiSpec
+from maserve.config import ANY, JSON, MULTIPART, ApiSpec
 from maserve.errors import InvalidInput, MalformedRequest, UnsupportedMediaType
 from maserve.model import Inputs, UploadedFile
 from maserve.schema import RequestSchema
@@ -58,9 +58,12 @@ def check_content_type(api: ApiSpec, content_type: bytes) -> bytes | None:
     declared = api.request_content_type
     value, params = media_type(content_type)
     if value != declared:
-        got = value or "none"
-        raise UnsupportedMediaType(f"this API accepts Content-Type {declared}, got {got}")
-    if declared == MULTIPART:
+        if declared != ANY:
+            got = value or "none"
+            raise UnsupportedMediaType(f"this API accepts Content-Type {declared}, got {got}")
+        if value != MULTIPART:
+            return None  # read as JSON
+    if value == MULTIPART:
         boundary = params.get(b"boundary")
         if not boundary:
             raise MalformedRequest("multipart/form-data without a boundary parameter")
@@ -84,6 +87,10 @@ def decode(api: ApiSpec, body: bytes, boundary: bytes | None, schema: RequestSch
         if schema is not None:
             schema.validate(fields)
         return _inputs(api, {}, fields)
+    if api.request_content_type == ANY:  # no apis declared: multipart when it came so, else JSON
+        if boundary is not None:
+            return _inputs(api, *_parse_multipart(body, boundary))
+        return _inputs(api, {}, _parse_json(api, body))
     return _inputs(api, {}, {"body": body})
 
 

@@ -24,7 +24,9 @@ class ServiceError(Exception):
             self.error_code = error_code
 
     def body(self) -> bytes:
-        return json.dumps({"error_code": self.error_code, "error_msg": self.message}).encode()
+        # UTF-8 characters, like answers (a message may quote a non-ASCII file name or field).
+        return json.dumps({"error_code": self.error_code, "error_msg": self.message}, ensure_ascii=False).encode(
+            errors="backslashreplace")
 
 
 class InvalidInput(ServiceError):

@@ -19,6 +19,8 @@ WARNING = "WARNING"
 
 MULTIPART = "multipart/form-data"
 JSON = "application/json"
+# The request type of the api served when config.json declares none: multipart or JSON, as it comes.
+ANY = "*/*"
 CONTENT_TYPES = (JSON, MULTIPART)
 # ModelArts' marker of an upload field inside a request schema: {"type": "file"}.
 FILE_TYPE = "file"
@@ -89,6 +91,9 @@ def validate_config(raw: dict[str, Any]) -> list[Finding]:
         _check_metrics(raw["metrics"], out)
     if "apis" in raw:
         _check_apis(raw["apis"], out)
+    if not raw.get("apis"):
+        out.append(Finding(WARNING, "$.apis", "none declared: like ModelArts' built-in runtimes, maserve serves "
+                           "POST / (multipart or JSON, as it comes) and hands it to the model; declare the api"))
     if "health" in raw:
         _check_health(raw["health"], out)
     if "dependencies" in raw:
