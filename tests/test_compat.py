@@ -268,3 +268,27 @@ def test_no_apis_declared_serves_post_slash_with_multipart_or_json(tmp_path: Pat
     assert broken.status == 400 and broken.json()["error_code"] == "MASERVE.MALFORMED_REQUEST"
     assert elsewhere.status == 404
     assert warned
+
+
+def test_xgskl_conventions_and_its_default_inference(tmp_path: Path) -> None:
+    """XgSklServingBaseService as that runtime runs it: a `.m` model file, the one-argument
+    constructor, the JSON body as text, and no `_inference` (the base loads the file and calls
+    `predict`, the answer as lists); MASERVE_COMPAT_RESP_DATA=1 wraps it in data.resp_data."""
+    import sys
+
+    sys.path.insert(0, str(FIXTURE_MODELS / "compat_xgskl"))
+    try:
+        from tiny_model import RowSums
+
+        model = pickle.dumps(RowSums(2.0))
+    finally:
+        sys.path.pop(0)
+        sys.modules.pop("tiny_model", None)
+    directory = model_dir(tmp_path, "compat_xgskl", extra={"model.m": model})
+    expected = {"first": 6.0, "all": [6.0, 14.0], "body_was_text": True, "model": "model.m"}
+    for wrap, answer in (("", expected), ("1", {"data": {"resp_data": expected}})):
+        server = start_server(tmp_path, directory, env={"MASERVE_COMPAT_RESP_DATA": wrap})
+        try:
+            assert post_json(server, "/", {"rows": [[1, 2], [3, 4]]}) == (200, answer)
+        finally:
+            server.stop()

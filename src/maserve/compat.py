@@ -12,17 +12,22 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import io
+import json
+import os
 import sys
 import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from maserve.config import ModelConfig
+from maserve.config import MULTIPART, ModelConfig
 from maserve.model import Inputs, Model
 from model_service.model_service import SingleNodeService
 
 COMPAT_MODULE = "customize_service.py"
+# `1`: XgSklServingBaseService answers wrapped as {"data": {"resp_data": <answer>}}, as that runtime
+# appears to do (seen in scripts' expectations, not documented), for clients that read it so.
+RESP_DATA_ENV = "MASERVE_COMPAT_RESP_DATA"
 
 
 class CustomizeService(Model):
@@ -45,18 +50,41 @@ class CustomizeService(Model):
         if service_class._inference is SingleNodeService._inference and service_class.inference is SingleNodeService.inference:
             # Refuse at start rather than answer 500 to every request.
             raise ImportError(
-                f"{path}: {service_class.__name__} must override _inference; under maserve the model_service "
-                "base classes do not run the model"
+                f"{path}: {service_class.__name__} must override _inference; under maserve the TensorFlow, "
+                "PyTorch and SingleNodeService bases do not run the model (XgSklServingBaseService does)"
             )
         model_dir = self.model_dir.resolve()
-        # The platform passes the model's name; the model directory's name stands for it here.
-        self.service = service_class(model_dir.name, service_class.resolve_model_path(model_dir))
+        model_path = service_class.resolve_model_path(model_dir)
+        if _takes_one_argument(service_class):
+            self.service = service_class(model_path)  # XgSklServingBaseService scripts: model_path alone
+        else:
+            # The platform passes the model's name; the model directory's name stands for it here.
+            self.service = service_class(model_dir.name, model_path)
+        self._raw_json = bool(getattr(service_class, "raw_json_body", False))
+        self._multipart_urls = {(a.method, a.url) for a in self.config.apis if a.request_content_type == MULTIPART}
+        self._wrap = self._raw_json and os.environ.get(RESP_DATA_ENV, "") == "1"
 
     def predict(self, inputs: Inputs) -> Any:
         assert self.service is not None
-        data = request_data(inputs)
+        if self._raw_json and not inputs.files and (inputs.method, inputs.url) not in self._multipart_urls:
+            data: Any = json.dumps(inputs.fields, ensure_ascii=False)  # that runtime hands over the body's text
+        else:
+            data = request_data(inputs)
         with self._one_at_a_time:
-            return self.service.inference(data)
+            answer = self.service.inference(data)
+        return {"data": {"resp_data": answer}} if self._wrap else answer
+
+
+def _takes_one_argument(service_class: type) -> bool:
+    """Whether the script's constructor takes one positional argument (model_path), not two."""
+    try:
+        parameters = list(inspect.signature(service_class.__init__).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return False
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters):
+        return False
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) == 1
 
 
 def request_data(inputs: Inputs) -> Any:

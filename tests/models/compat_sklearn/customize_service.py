@@ -1,5 +1,6 @@
 # Test fixture: a scikit-learn-style customize_service.py; the "model" is a pickled linear model
 # ({"weights": [...], "bias": b}) the test writes as model.pkl.
+import json
 import os
 import pickle
 
@@ -14,7 +15,8 @@ class LinearService(XgSklServingBaseService):
             self.model = pickle.load(f)
 
     def _preprocess(self, data):
-        return [[float(x) for x in row] for row in data["req_data"]]
+        rows = json.loads(data)["req_data"]  # that runtime hands a JSON request over as its text
+        return [[float(x) for x in row] for row in rows]
 
     def _inference(self, data):
         w, b = self.model["weights"], self.model["bias"]
