@@ -292,3 +292,19 @@ def test_xgskl_conventions_and_its_default_inference(tmp_path: Path) -> None:
             assert post_json(server, "/", {"rows": [[1, 2], [3, 4]]}) == (200, answer)
         finally:
             server.stop()
+
+
+def test_what_scripts_rely_on_besides_the_pipeline(tmp_path: Path) -> None:
+    """A sibling module, a file opened relative to the model directory, getvalue() on an upload,
+    the script's own inference() with another _preprocess signature, no _postprocess."""
+    server = start_server(tmp_path, model_dir(tmp_path, "compat_conventions"))
+    try:
+        conn = server.connect()
+        body, ctype = multipart([("images", "a.png", b"12345678")])
+        reply = request(conn, "POST", "/", body, {"Content-Type": ctype})
+        conn.close()
+    finally:
+        server.stop()
+    assert reply.status == 200, reply.body
+    assert reply.json() == {"size": 8, "tag": "tagged", "labels": ["cat", "dog"], "prefix": "from a sibling module",
+                            "cwd_is_model_dir": True}

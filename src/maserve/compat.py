@@ -45,6 +45,9 @@ class CustomizeService(Model):
         self._one_at_a_time = threading.Lock()
 
     def load(self) -> None:
+        # The platform's runtimes run scripts from the model directory: `open("labels.txt")` works.
+        self.model_dir = self.model_dir.resolve()
+        os.chdir(self.model_dir)
         path = self.model_dir / COMPAT_MODULE
         service_class = find_service_class(import_script(path), path)
         if service_class._inference is SingleNodeService._inference and service_class.inference is SingleNodeService.inference:

@@ -1,0 +1,1 @@
+PREFIX = "from a sibling module"
