@@ -177,7 +177,27 @@ def test_a_script_with_two_service_classes_refuses_to_start(tmp_path: Path) -> N
 
 
 def test_a_script_that_leaves_inference_to_the_platform_refuses_to_start(tmp_path: Path) -> None:
+    """SingleNodeService runs no model; TensorFlow's default needs its SavedModel, PyTorch's a model
+    file torch can load: each refuses to start, saying why."""
     directory = model_dir(tmp_path, "compat_sum")
+    (directory / "customize_service.py").write_text(
+        "from model_service.model_service import SingleNodeService\n\n\n"
+        "class PlainService(SingleNodeService):\n"
+        "    def _preprocess(self, data):\n"
+        "        return data\n"
+    )
+    logs = failed_start_logs(tmp_path, directory)
+    assert "PlainService must override _inference" in logs, logs
+    directory = model_dir(tmp_path, "compat_sum", name="torch_model", extra={"model.pt": b"not weights"})
+    (directory / "customize_service.py").write_text(
+        "from model_service.pytorch_model_service import PTServingBaseService\n\n\n"
+        "class TorchService(PTServingBaseService):\n"
+        "    def _preprocess(self, data):\n"
+        "        return data\n"
+    )
+    logs = failed_start_logs(tmp_path, directory)
+    assert "install torch" in logs or "model.pt" in logs or "pickle" in logs.lower(), logs
+    directory = model_dir(tmp_path, "compat_sum", name="tf_model")
     (directory / "customize_service.py").write_text(
         "from model_service.tfserving_model_service import TfServingBaseService\n\n\n"
         "class SavedModelService(TfServingBaseService):\n"
@@ -185,7 +205,7 @@ def test_a_script_that_leaves_inference_to_the_platform_refuses_to_start(tmp_pat
         "        return data\n"
     )
     logs = failed_start_logs(tmp_path, directory)
-    assert "SavedModelService must override _inference" in logs, logs
+    assert "no saved_model.pb for the default _inference of TfServingBaseService" in logs, logs
 
 
 def test_service_py_wins_over_customize_service_py(tmp_path: Path) -> None:

@@ -51,10 +51,11 @@ class CustomizeService(Model):
         path = self.model_dir / COMPAT_MODULE
         service_class = find_service_class(import_script(path), path)
         if service_class._inference is SingleNodeService._inference and service_class.inference is SingleNodeService.inference:
+            # (the TensorFlow, PyTorch and XgSkl bases run the model themselves: not refused.)
             # Refuse at start rather than answer 500 to every request.
             raise ImportError(
-                f"{path}: {service_class.__name__} must override _inference; under maserve the TensorFlow, "
-                "PyTorch and SingleNodeService bases do not run the model (XgSklServingBaseService does)"
+                f"{path}: {service_class.__name__} must override _inference; SingleNodeService does not run "
+                "a model (the TensorFlow, PyTorch and XgSkl bases do)"
             )
         model_dir = self.model_dir.resolve()
         model_path = service_class.resolve_model_path(model_dir)
@@ -63,6 +64,9 @@ class CustomizeService(Model):
         else:
             # The platform passes the model's name; the model directory's name stands for it here.
             self.service = service_class(model_dir.name, model_path)
+        if service_class._inference.__module__.startswith("model_service.") and hasattr(
+                self.service, "load_default_model"):
+            self.service.load_default_model()  # the base runs the model: load it at start, not on a request
         self._raw_json = bool(getattr(service_class, "raw_json_body", False))
         self._multipart_urls = {(a.method, a.url) for a in self.config.apis if a.request_content_type == MULTIPART}
         self._wrap = self._raw_json and os.environ.get(RESP_DATA_ENV, "") == "1"

@@ -10,7 +10,8 @@ request, the parsed body.
 The platform's framework-specific bases also load the model and run it (TensorFlow Serving, torch);
 maserve's image carries no framework, so the defaults here are minimal and the script overrides
 them: `_preprocess` and `_postprocess` pass data through, `_inference` raises NotImplementedError
-(XgSklServingBaseService has its runtime's default `_inference`: python_model_service.py).
+(the TensorFlow, PyTorch and XgSkl bases have their runtimes' default `_inference`, loading the
+model with the framework only when a script relies on it).
 """
 
 from __future__ import annotations

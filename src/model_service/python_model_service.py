@@ -34,10 +34,14 @@ class XgSklServingBaseService(SingleNodeService):
         else:
             super().__init__(*args, **kwargs)
 
+    def load_default_model(self) -> None:
+        """Load the model file now (at start) for the default `_inference`."""
+        self._default_model = load_model_file(Path(self.model_path))
+
     def _inference(self, data: Any) -> Any:
-        model = self.__dict__.get("_default_model")
-        if model is None:
-            model = self._default_model = load_model_file(Path(self.model_path))
+        if "_default_model" not in self.__dict__:
+            self.load_default_model()
+        model = self._default_model
         if Path(self.model_path).suffix.lower() in XGBOOST_SUFFIXES:
             import xgboost
 
