@@ -260,10 +260,16 @@ def test_a_config_written_like_the_platforms_template_is_served(tmp_path: Path) 
     try:
         status, answer = post_json(server, "/", {"images": "cat.jpg", "threshold": 0.25})
         warned = server.wait_log(lambda r: r.get("level") == "WARNING" and "passed through" in r.get("message", ""))
+        check = subprocess.run([str(MASERVE_BIN), "check", f"http://127.0.0.1:{server.port}", "--port",
+                                str(server.port), "--config", str(directory), "--json"], capture_output=True,
+                               text=True, timeout=120, check=False)
     finally:
         server.stop()
     assert (status, answer) == (200, {"predicted_label": "cat.jpg", "scores": [0.25, 0.75]})
     assert warned, "the start-up did not log the config.json warnings"
+    verdicts = {r["check"]: (r["verdict"], r["evidence"]) for r in json.loads(check.stdout)["results"]}
+    assert verdicts["apis"][0] == "PASS", verdicts  # application/json answers a pass-through declared type
+    assert verdicts["config"][0] == "WARN", verdicts
 
 
 def test_no_apis_declared_serves_post_slash_with_multipart_or_json(tmp_path: Path) -> None:
