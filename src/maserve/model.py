@@ -77,7 +77,7 @@ class Model:
     # model is busy are gathered, each goes through `prepare` alone (its errors fail only that
     # request), then one `predict_batch` call answers them all. One runtime call per batch instead
     # of per request, and no thread hand-off while batches are quick (they then run on the event
-    # loop: maserve.app.INLINE_BATCH_SECONDS), is what makes a small model faster to serve.
+    # loop: maserve.http.batcher.INLINE_BATCH_SECONDS), is what makes a small model faster to serve.
     # `predict` is still used on its own (warm-up, `maserve predict`), so keep it consistent.
 
     def prepare(self, inputs: Inputs) -> Any:

@@ -1,0 +1,164 @@
+"""Opportunistic batching for a model that implements `prepare` and `predict_batch`.
+
+The requests a worker reads in one event-loop iteration, and those that arrive while a batch
+runs, go together (at most MAX_BATCH), with no delay added. A batch runs on the event loop itself
+while the model is quick (its previous batch under INLINE_BATCH_SECONDS, every upload at most
+INLINE_MAX_BODY_BYTES): the hand-off to the inference thread costs two thread wake-ups per batch,
+and on a busy machine each can wait for a core; inline, a small model's p99 drops by a sixth
+(bench/RESULTS.md). Otherwise it goes to the inference thread, where each request still gets its
+504 at the timeout while the model runs on; a batch that outlives the timeout is "stuck", and the
+requests behind it go to the other thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from maserve.decode import decode
+from maserve.errors import ServiceError
+from maserve.http.calls import Route, batch_results, call_model, encode
+from maserve.model import Model
+
+log = logging.getLogger("maserve.app")
+
+# Most requests one `predict_batch` call takes; more wait for the next batch.
+MAX_BATCH = 64
+INLINE_BATCH_SECONDS = 0.02
+INLINE_MAX_BODY_BYTES = 64 * 1024
+
+
+@dataclass(slots=True)
+class Job:
+    """A request waiting for its batch; `future` gets its encoded answer or its error."""
+
+    route: Route
+    body: bytes
+    boundary: bytes | None
+    future: asyncio.Future[bytes]
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Requests handed to an inference thread together; `stuck` once it outlives the request timeout."""
+
+    jobs: list[Job]
+    watchdog: asyncio.TimerHandle | None = None
+    stuck: bool = False
+
+
+class Batcher:
+    """One worker's batches: what waits for the next one, and where the next one runs."""
+
+    def __init__(self, model: Model, executor: ThreadPoolExecutor, timeout_seconds: float) -> None:
+        self.model = model
+        self.executor = executor
+        self.timeout_seconds = timeout_seconds
+        self._pending: list[Job] = []  # requests for the next batch
+        self._busy_batches = 0  # batches in a thread, not yet stuck
+        self._last_batch_seconds = math.inf  # how long the model took for the last batch (none yet)
+
+    def submit(self, loop: asyncio.AbstractEventLoop, route: Route, body: bytes,
+               boundary: bytes | None) -> asyncio.Future[bytes]:
+        """Queue a request for the next batch. Unless a thread is busy with one, the batch starts at
+        the end of this loop iteration, with every request the iteration read."""
+        job = Job(route, body, boundary, loop.create_future())
+        self._pending.append(job)
+        if len(self._pending) == 1 and self._busy_batches == 0:
+            loop.call_soon(self._start_if_idle, loop)
+        return job.future
+
+    def _start_if_idle(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._busy_batches == 0:
+            self._start(loop)
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        waiting = [job for job in self._pending if not job.future.done()]  # not yet timed out
+        jobs, self._pending = waiting[:MAX_BATCH], waiting[MAX_BATCH:]
+        if not jobs:
+            return
+        if self._last_batch_seconds < INLINE_BATCH_SECONDS and all(len(job.body) <= INLINE_MAX_BODY_BYTES for job in jobs):
+            self._run_inline(loop, jobs)
+            return
+        batch = _Batch(jobs)
+        self._busy_batches += 1
+        batch.watchdog = loop.call_later(self.timeout_seconds, self._stuck, loop, batch)
+        self.executor.submit(self._run_in_thread, loop, batch)
+
+    def _run_inline(self, loop: asyncio.AbstractEventLoop, jobs: list[Job]) -> None:
+        """Answer a batch on the event loop (a quick model, small uploads: see INLINE_BATCH_SECONDS)."""
+        started = time.perf_counter()
+        outcomes = self._answer(jobs)
+        self._last_batch_seconds = time.perf_counter() - started
+        _hand_out(jobs, outcomes)
+        if self._pending:  # more than MAX_BATCH were waiting: after this iteration's replies are out
+            loop.call_soon(self._start_if_idle, loop)
+
+    def _stuck(self, loop: asyncio.AbstractEventLoop, batch: _Batch) -> None:
+        """A batch outlived the request timeout (its requests got their 504): the requests waiting
+        behind it go to the other inference thread, as a slow request never stalls the next one."""
+        batch.stuck = True
+        self._busy_batches -= 1
+        self._last_batch_seconds = math.inf  # a slow model: the next batches stay off the event loop
+        if self._pending and self._busy_batches == 0:
+            self._start(loop)
+
+    def _run_in_thread(self, loop: asyncio.AbstractEventLoop, batch: _Batch) -> None:
+        """Runs in a worker thread: answer a batch, then wake the event loop once for all of it."""
+        started = time.perf_counter()
+        outcomes = self._answer(batch.jobs)
+        loop.call_soon_threadsafe(self._deliver, loop, batch, outcomes, time.perf_counter() - started)
+
+    def _answer(self, jobs: list[Job]) -> list[bytes | Exception]:
+        try:
+            return self._predict(jobs)
+        except Exception:  # a bug here must still answer every request of the batch
+            log.exception("unexpected error in a batch")
+            return [ServiceError("internal server error") for _ in jobs]
+
+    def _deliver(
+        self, loop: asyncio.AbstractEventLoop, batch: _Batch, outcomes: list[bytes | Exception], seconds: float
+    ) -> None:
+        """On the event loop: hand each request its answer, then start the batch that gathered meanwhile."""
+        if not batch.stuck:
+            assert batch.watchdog is not None
+            batch.watchdog.cancel()
+            self._busy_batches -= 1
+        self._last_batch_seconds = seconds
+        _hand_out(batch.jobs, outcomes)
+        if self._pending and self._busy_batches == 0:  # after this iteration's replies are out
+            loop.call_soon(self._start_if_idle, loop)
+
+    def _predict(self, jobs: list[Job]) -> list[bytes | Exception]:
+        """Decode and `prepare` each request alone, one `predict_batch` for all that got through,
+        then encode each answer: an error anywhere fails only its own request."""
+        model = self.model
+        outcomes: dict[int, bytes | Exception] = {}
+        prepared: dict[int, Any] = {}
+        for i, job in enumerate(jobs):
+            try:
+                prepared[i] = call_model(model.prepare, decode(job.route.api, job.body, job.boundary, job.route.request))
+            except Exception as exc:
+                outcomes[i] = exc
+        for i, result in zip(prepared, batch_results(model, list(prepared.values()))):
+            try:
+                outcomes[i] = result if isinstance(result, Exception) else encode(jobs[i].route, result)
+            except Exception as exc:
+                outcomes[i] = exc
+        return [outcomes[i] for i in range(len(jobs))]
+
+
+def _hand_out(jobs: list[Job], outcomes: list[bytes | Exception]) -> None:
+    """Each request its answer or its error (a request that timed out already has its 504)."""
+    for job, outcome in zip(jobs, outcomes):
+        if job.future.done():
+            continue
+        if isinstance(outcome, Exception):
+            job.future.set_exception(outcome)
+        else:
+            job.future.set_result(outcome)

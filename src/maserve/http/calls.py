@@ -1,0 +1,91 @@
+"""Calling the model for one request or one batch, and encoding what it answers.
+
+Everything here runs where inference runs (an inference thread, or the event loop for a quick
+batch) and raises only ServiceError subclasses: the model's own exceptions become ModelError (500),
+logged with their traceback, so a caller always gets a JSON error naming the problem.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from maserve.config import ApiSpec
+from maserve.decode import decode
+from maserve.errors import ModelError, ServiceError
+from maserve.logs import fields
+from maserve.model import Model
+from maserve.schema import RequestSchema, ResponseSchema
+
+log = logging.getLogger("maserve.app")
+
+# Non-ASCII text as UTF-8 characters, as the platform's runtimes write it (labels in Chinese are
+# common), not \uXXXX escapes; the encoder built once (json.dumps sets one up on every call).
+_to_json = json.JSONEncoder(ensure_ascii=False).encode
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One api with its schemas compiled."""
+
+    api: ApiSpec
+    request: RequestSchema
+    response: ResponseSchema | None  # None unless responses are validated
+
+
+def predict_one(model: Model, route: Route, body: bytes, boundary: bytes | None) -> bytes:
+    """Decode, run the model, encode its answer (and check it, if asked)."""
+    inputs = decode(route.api, body, boundary, route.request)
+    return encode(route, call_model(model.predict, inputs))
+
+
+def call_model(method: Callable[[Any], Any], argument: Any) -> Any:
+    """Call the model; an exception other than a ServiceError is logged and becomes a ModelError (500)."""
+    try:
+        return method(argument)
+    except ServiceError:
+        raise
+    except Exception as exc:
+        log.exception("the model raised an exception")
+        raise ModelError(f"the model failed on this input: {type(exc).__name__}") from None
+
+
+def batch_results(model: Model, items: list[Any]) -> list[Any]:
+    """`predict_batch` over `items`: one answer, or the exception to answer with, per item. When
+    the batch call fails, each item runs alone, so only the item that fails gets the error."""
+    if not items:
+        return []
+    if len(items) > 1:
+        try:
+            return _checked_batch(model, items)
+        except Exception:
+            return [answer for item in items for answer in batch_results(model, [item])]
+    try:
+        return call_model(functools.partial(_checked_batch, model), items)
+    except Exception as exc:  # a ServiceError or ModelError: this item's answer
+        return [exc]
+
+
+def _checked_batch(model: Model, items: list[Any]) -> list[Any]:
+    results = model.predict_batch(items)
+    if len(results) != len(items):
+        raise ValueError(f"predict_batch returned {len(results)} answers for {len(items)} items")
+    return results
+
+
+def encode(route: Route, result: Any) -> bytes:
+    """The model's answer as JSON bytes in UTF-8 (checked against the response schema, if asked)."""
+    try:
+        encoded = _to_json(result).encode()
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError (a lone surrogate) is a ValueError
+        raise ModelError(f"the model's answer is not JSON-serialisable: {exc}") from None
+    if route.response is not None:
+        try:
+            route.response.check(json.loads(encoded))  # as sent: tuples are arrays, keys strings
+        except ServiceError as exc:
+            log.error("the model's answer breaks its response schema", extra=fields(error_msg=exc.message))
+            raise
+    return encoded
