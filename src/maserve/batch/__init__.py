@@ -13,3 +13,8 @@ against a running URL, a command it starts or an image it runs (the targets of `
     job.py      the whole run: checks before anything is sent, the service's lifecycle, the progress bar, the summary
     cli.py      the command line (`maserve batch`, `maserve batch mapping-rule`)
 """
+
+# Defaults of a run, here so that `maserve --help` and the parser need nothing heavier than this.
+DEFAULT_CONCURRENCY = 16  # per URL: several requests per worker of a service with up to 8 workers
+START_TIMEOUT = 1200.0  # the platform's deployment + start-up timeout (default 20 min)
+STOP_TIMEOUT = 90.0  # ModelArts kills a container 90 s after SIGTERM

@@ -10,11 +10,18 @@ import signal
 import sys
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
+from maserve.batch import DEFAULT_CONCURRENCY, START_TIMEOUT, STOP_TIMEOUT
 from maserve.batch.inputs import UsageError
-from maserve.batch.job import DEFAULT_CONCURRENCY, START_TIMEOUT, STOP_TIMEOUT, JobOptions, find_api, run_job
-from maserve.batch.mapping import template
 from maserve.batch.output import LINES_PER_MANIFEST, Shard
 from maserve.config import ConfigError, load_config
+
+if TYPE_CHECKING:
+    from maserve.batch.job import JobOptions
+
+# maserve.batch.job (the targets, the event loop) is imported only when a batch runs: every other
+# `maserve` command, `serve` included, builds this parser.
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -59,6 +66,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from maserve.batch.job import run_job
+
     try:
         options = _options(args)
     except UsageError as exc:
@@ -69,7 +78,9 @@ def main(args: argparse.Namespace) -> int:
     return run_job(options)
 
 
-def _options(args: argparse.Namespace) -> JobOptions:
+def _options(args: argparse.Namespace) -> "JobOptions":
+    from maserve.batch.job import JobOptions
+
     if sum(bool(x) for x in (args.urls, args.cmd, args.image)) != 1:
         raise UsageError("give the service as URL (one or more), --cmd COMMAND or --image IMAGE (one of them)")
     if args.image is None and (args.env or args.engine):
@@ -104,6 +115,9 @@ def mapping_rule(argv: list[str]) -> int:
     parser.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="config.json or the model directory")
     parser.add_argument("--req-uri", "--req_uri", default="/", metavar="URL", help="the apis[].url [/]")
     args = parser.parse_args(argv)
+    from maserve.batch.job import find_api
+    from maserve.batch.mapping import template
+
     path = args.model_dir / "config.json" if args.model_dir.is_dir() else args.model_dir
     try:
         api = find_api(load_config(path), args.req_uri)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -132,6 +130,9 @@ def _named(entries: list[tuple[str, str, Path | None, str | None]]) -> list[Inpu
 
 
 def _download(url: str, limit: int) -> bytes:
+    import urllib.error  # here: http(s) sources are rare, and `maserve` builds its parser with this module
+    import urllib.request
+
     try:
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response:  # noqa: S310 - the user's URL
             declared = response.headers.get("Content-Length")

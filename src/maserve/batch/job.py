@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from maserve.batch import mapping
+from maserve.batch import DEFAULT_CONCURRENCY, START_TIMEOUT, STOP_TIMEOUT, mapping
 from maserve.batch.inputs import Input, UsageError, list_inputs
 from maserve.batch.output import LINES_PER_MANIFEST, Output, Shard, prepare
 from maserve.batch.runner import Counters, run
@@ -29,9 +29,6 @@ from maserve.check.service import URL_HEALTH_WAIT, wait_healthy
 from maserve.check.target import Options, Target, from_url, start_command
 from maserve.config import ApiSpec, ConfigError, ModelConfig, load_config
 
-DEFAULT_CONCURRENCY = 16  # per URL: several requests per worker of a service with up to 8 workers
-START_TIMEOUT = 1200.0  # the platform's deployment + start-up timeout (default 20 min)
-STOP_TIMEOUT = 90.0  # ModelArts kills a container 90 s after SIGTERM
 
 
 @dataclass(frozen=True)
@@ -144,7 +141,7 @@ def run_job(options: JobOptions) -> int:
     try:
         if options.urls:
             endpoints = [from_url(url, https).endpoint for url in options.urls]
-            for url, endpoint in zip(options.urls, endpoints):
+            for endpoint in endpoints:
                 if not _healthy(Target(endpoint, endpoint.port), job.config.health_url, URL_HEALTH_WAIT):
                     return 1
         else:

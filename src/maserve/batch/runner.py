@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 import httptools
 
-from maserve.check.client import Endpoint
+from maserve.check.client import Endpoint, unverified_tls
 
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)  # seconds before each retry: 15.5 s at most, then FAILED
 RETRIED_STATUSES = frozenset({503})
@@ -143,11 +143,7 @@ class Sender:
         self.endpoint, self.timeout, self.counters = endpoint, timeout, counters
         self.request_line = f"{method} {path} HTTP/1.1\r\nHost: {endpoint.host}:{endpoint.port}\r\n"
         self.conn: Connection | None = None
-        self.ssl: ssl.SSLContext | None = None
-        if endpoint.https:
-            self.ssl = ssl.create_default_context()
-            self.ssl.check_hostname = False
-            self.ssl.verify_mode = ssl.CERT_NONE
+        self.ssl: ssl.SSLContext | None = unverified_tls() if endpoint.https else None
 
     async def send(self, body: bytes, headers: dict[str, str]) -> Answer:
         head = (self.request_line + "".join(f"{k}: {v}\r\n" for k, v in headers.items())

@@ -11,6 +11,14 @@ from typing import Any
 TIMEOUT = 30.0
 
 
+def unverified_tls() -> ssl.SSLContext:
+    """TLS without certificate checks: the services checked here often use a self-signed one."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 @dataclass(frozen=True)
 class Endpoint:
     host: str
@@ -19,10 +27,7 @@ class Endpoint:
 
     def connect(self, timeout: float = TIMEOUT) -> http.client.HTTPConnection:
         if self.https:
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-            return http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=context)
+            return http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=unverified_tls())
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
 
