@@ -22,6 +22,7 @@ import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from maserve.config import ModelConfig, load_config
@@ -36,13 +37,14 @@ from maserve.errors import (
 )
 from maserve.http.batcher import Batcher
 from maserve.http.body import ClientGone, read_body
-from maserve.http.calls import Route, predict_one
+from maserve.http.calls import Route, predict_one, start_stream
 from maserve.logs import ACCESS_LOGGER, IterationLog, fields, flush_handlers
 from maserve.model import Model, load_model, serves_batches
 from maserve.openapi import OPENAPI_URL, openapi_document
 from maserve.readiness import StartupGate, StopFlag
 from maserve.schema import RequestSchema, ResponseSchema
 from maserve.settings import Settings
+from maserve.sse import STREAM_HEADERS, Deadlines, EventSource, StreamOutcome, first_item, send_events
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -55,6 +57,11 @@ log = logging.getLogger("maserve.app")
 # Threads per worker process for decode + inference. Workers already fill the cores; a second
 # thread lets a request that timed out (504) keep running without stalling the next one.
 INFERENCE_THREADS = 2
+# Threads per worker for sync generators of streaming apis: one `next()` each at a time, so a
+# generator that blocks between items holds one; more than inference, since streams are long.
+STREAM_THREADS = 16
+# At the end of the drain window, streams are ended this long before gunicorn's hard stop.
+DRAIN_MARGIN_SECONDS = 1.0
 # gunicorn's exit code for "worker failed to boot": the master then stops the whole server.
 WORKER_BOOT_ERROR = 3
 # An incoming X-Request-Id is echoed and logged only if it is short, visible ASCII (no log injection).
@@ -82,6 +89,8 @@ class MaserveApp:
         self._request_count = 0
         self._access_log = IterationLog(access_log)  # a line per request, logged once per loop iteration
         self._batcher: Batcher | None = None  # set once a batching model is loaded
+        self._stream_executor: ThreadPoolExecutor | None = None  # made with the first stream
+        self._drain_deadline: float | None = None  # loop time when running streams must end
         for api in config.apis:
             # MASERVE_VALIDATE_RESPONSES=1: check every answer against the api's response schema.
             response = ResponseSchema(api) if settings.validate_responses else None
@@ -107,8 +116,9 @@ class MaserveApp:
                 self._load_task = asyncio.create_task(self._load())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if self._executor is not None:
-                    self._executor.shutdown(wait=False, cancel_futures=True)
+                for executor in (self._executor, self._stream_executor):
+                    if executor is not None:
+                        executor.shutdown(wait=False, cancel_futures=True)
                 self._access_log.flush()
                 flush_handlers(access_log)  # access lines wait for the loop's next iteration
                 await send({"type": "lifespan.shutdown.complete"})
@@ -165,8 +175,11 @@ class MaserveApp:
                 status, body = 200, self._openapi
             else:
                 route = self._route(path, method)
-                body = await self._answer(route, receive, content_type, content_length)
-                status = 200
+                answer = await self._answer(route, receive, content_type, content_length)
+                if isinstance(answer, PendingStream):
+                    await self._stream(answer, send, headers, request_id, method, path, started)
+                    return
+                status, body = 200, answer
         except ServiceError as exc:
             error = exc
             status, body = exc.status, exc.body()
@@ -187,6 +200,41 @@ class MaserveApp:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
         self._log(request_id, method, path, status, started, len(body), error)
+
+    async def _stream(
+        self,
+        pending: PendingStream,
+        send: Send,
+        headers: list[tuple[bytes, bytes]],
+        request_id: bytes,
+        method: str,
+        path: str,
+        started: float,
+    ) -> None:
+        """Send a stream's events (maserve.sse) after its first item arrived; log how it ended."""
+        headers = [*STREAM_HEADERS, *headers[1:]]  # the event-stream type instead of JSON's
+        if self.stopping.is_set():
+            headers.append(_CLOSE_HEADER)
+        sent = 0
+
+        async def send_chunk(chunk: bytes) -> None:
+            nonlocal sent
+            sent += len(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            outcome = await send_events(pending.source, pending.first, pending.deadlines, pending.disconnected,
+                                        send_chunk)
+            if not outcome.client_gone:
+                await send({"type": "http.response.body", "body": b""})
+        except BaseException:
+            pending.source.close()
+            raise
+        finally:
+            pending.disconnected.cancel()
+        status = 499 if outcome.client_gone else 200
+        self._log(request_id, method, path, status, started, sent, outcome.error, events=outcome.events)
 
     def _new_request_id(self) -> bytes:
         """A unique id without a syscall per request: a random per-process prefix and a counter."""
@@ -212,7 +260,9 @@ class MaserveApp:
             routes.append(f"GET {self._openapi_url}")
         return routes
 
-    async def _answer(self, route: Route, receive: Receive, content_type: bytes, content_length: int | None) -> bytes:
+    async def _answer(
+        self, route: Route, receive: Receive, content_type: bytes, content_length: int | None
+    ) -> bytes | PendingStream:
         boundary = check_content_type(route.api, content_type)
         limit = self.settings.max_body_bytes
         if content_length is not None and content_length > limit:
@@ -228,12 +278,38 @@ class MaserveApp:
                 raise ModelNotReady("the model is still loading; retry shortly") from None
         try:
             async with asyncio.timeout_at(deadline):
+                assert self._model is not None
+                if route.streams:
+                    answer = await loop.run_in_executor(self._executor, start_stream, self._model, route, body, boundary)
+                    return answer if isinstance(answer, bytes) else await self._first_event(answer, receive)
                 if self._batcher is not None:
                     return await self._batcher.submit(loop, route, body, boundary)
-                assert self._model is not None
                 return await loop.run_in_executor(self._executor, predict_one, self._model, route, body, boundary)
         except TimeoutError:
             raise InferenceTimeout(f"inference did not finish within {timeout:g} s") from None
+
+    async def _first_event(self, iterator: Any, receive: Receive) -> PendingStream:
+        """Wait for a stream's first item: until it comes, a failure is a plain JSON error reply."""
+        if self._stream_executor is None:
+            self._stream_executor = ThreadPoolExecutor(STREAM_THREADS, thread_name_prefix="maserve-stream")
+        source = EventSource(iterator, self._stream_executor)
+        deadlines = Deadlines(self.settings.request_timeout_seconds, self.settings.stream_timeout_seconds,
+                              lambda: self._drain_deadline)
+        disconnected = asyncio.ensure_future(_disconnect(receive))
+        try:
+            first = await first_item(source, deadlines, disconnected)
+        except BaseException:
+            disconnected.cancel()
+            source.close()
+            raise
+        return PendingStream(source, first, deadlines, disconnected)
+
+    def begin_drain(self) -> None:
+        """The worker got its stop signal (the drain starts): streams get the drain window, then end.
+        Called on the event loop."""
+        if self._drain_deadline is None:
+            margin = min(DRAIN_MARGIN_SECONDS, self.settings.drain_seconds / 2)
+            self._drain_deadline = asyncio.get_running_loop().time() + self.settings.drain_seconds - margin
 
     def _log(
         self,
@@ -244,6 +320,7 @@ class MaserveApp:
         started: float,
         size: int,
         error: ServiceError | None,
+        **extra: Any,
     ) -> None:
         values: dict[str, Any] = {
             "request_id": request_id.decode(),
@@ -252,14 +329,32 @@ class MaserveApp:
             "status": status,
             "latency_ms": round((time.perf_counter() - started) * 1000, 3),
             "bytes": size,
+            **extra,
         }
+        kind = "stream" if "events" in extra else "request"
         if error is None:
-            self._access_log.log(logging.INFO, "request", values)
+            self._access_log.log(logging.INFO, kind if status != 499 else f"{kind}: client gone", values)
             return
         values["error_code"] = error.error_code
         values["error_msg"] = error.message
         level = logging.ERROR if status >= 500 else logging.WARNING
-        self._access_log.log(level, "request failed", values)
+        self._access_log.log(level, f"{kind} failed", values)
+
+
+@dataclass
+class PendingStream:
+    """A stream whose first item arrived: what MaserveApp._stream needs to send it."""
+
+    source: EventSource
+    first: Any
+    deadlines: Deadlines
+    disconnected: asyncio.Future[Any]
+
+
+async def _disconnect(receive: Receive) -> None:
+    """Returns when the client has gone (the request body was read before)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def build_app(settings: Settings, config: ModelConfig) -> MaserveApp:

@@ -80,3 +80,10 @@ class ModelError(ServiceError):
 
     status = 500
     error_code = "MASERVE.MODEL_ERROR"
+
+
+class ServiceStopping(ServiceError):
+    """The drain window of a stop ended while a stream or WebSocket was still running."""
+
+    status = 503
+    error_code = "MASERVE.SERVICE_STOPPING"

@@ -33,11 +33,21 @@ log = logging.getLogger("maserve.server")
 
 
 class _WorkerServer(Server):
-    """A worker leaves SIGINT to the master: Ctrl-C in a terminal reaches every process of the group."""
+    """A worker leaves SIGINT to the master: Ctrl-C in a terminal reaches every process of the group.
+    Its SIGTERM (the master's, when the grace period ends) starts the drain: the app hears of it so
+    that streams and WebSockets get the drain window and then end cleanly."""
+
+    def __init__(self, config: Any, on_drain: Callable[[], None]) -> None:
+        super().__init__(config=config)
+        self._on_drain = on_drain
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         if sig == signal.SIGINT:
             return
+        try:
+            asyncio.get_running_loop().call_soon_threadsafe(self._on_drain)
+        except RuntimeError:  # no loop running yet: nothing is streaming
+            pass
         super().handle_exit(sig, frame)
 
 
@@ -90,7 +100,7 @@ class MaserveWorker(UvicornWorker):
 
     async def _serve(self) -> None:
         self.config.app = self.wsgi
-        self._server = _WorkerServer(config=self.config)
+        self._server = _WorkerServer(self.config, self.wsgi.begin_drain)
         self._install_sigquit_handler()
         await self._server.serve(sockets=self.sockets)
         if not self._server.started:

@@ -49,6 +49,9 @@ class Settings:
     keepalive_seconds: int = field(default=200, metadata={"env": "MASERVE_KEEPALIVE_SECONDS"})
     max_body_bytes: int = field(default=12 * 1024 * 1024, metadata={"env": "MASERVE_MAX_BODY_BYTES"})
     request_timeout_seconds: float = field(default=60.0, metadata={"env": "MASERVE_REQUEST_TIMEOUT_SECONDS"})
+    # A stream's whole length (its first event and each next one are bounded by the request timeout):
+    # the platform's end-to-end default.
+    stream_timeout_seconds: float = field(default=3600.0, metadata={"env": "MASERVE_STREAM_TIMEOUT_SECONDS"})
     log_format: str = field(default="json", metadata={"env": "MASERVE_LOG_FORMAT"})
     tls_cert: Path | None = field(default=None, metadata={"env": "MASERVE_TLS_CERT"})
     tls_key: Path | None = field(default=None, metadata={"env": "MASERVE_TLS_KEY"})
@@ -77,11 +80,12 @@ class Settings:
             raise SettingsError(f"MASERVE_PORT must be 1-65535, got {self.port}")
         if self.workers < 1:
             raise SettingsError(f"MASERVE_WORKERS must be at least 1, got {self.workers}")
-        for name in ("grace_seconds", "drain_seconds", "request_timeout_seconds"):
+        for name in ("grace_seconds", "drain_seconds", "request_timeout_seconds", "stream_timeout_seconds"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"MASERVE_{name.upper()} must not be negative")
-        if self.request_timeout_seconds == 0:
-            raise SettingsError("MASERVE_REQUEST_TIMEOUT_SECONDS must be above 0")
+        for name in ("request_timeout_seconds", "stream_timeout_seconds"):
+            if getattr(self, name) == 0:
+                raise SettingsError(f"MASERVE_{name.upper()} must be above 0")
         total = self.grace_seconds + self.drain_seconds
         if total > PLATFORM_STOP_BOUND_SECONDS - 1:
             raise SettingsError(

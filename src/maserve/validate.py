@@ -22,6 +22,8 @@ JSON = "application/json"
 # The request type of the api served when config.json declares none: multipart or JSON, as it comes.
 ANY = "*/*"
 CONTENT_TYPES = (JSON, MULTIPART)
+# A response type: Server-Sent Events, for a model that streams (maserve.sse).
+EVENT_STREAM = "text/event-stream"
 # ModelArts' marker of an upload field inside a request schema: {"type": "file"}.
 FILE_TYPE = "file"
 # The platform's own samples carry these typos and it accepts them; so do we, with a warning.
@@ -222,7 +224,7 @@ def _check_body(body: Any, path: str, is_request: bool, out: list[Finding]) -> N
     elif not isinstance(content_type, str) or (normalised not in CONTENT_TYPES and is_request):
         out.append(Finding(ERROR, ctype_path, f"must be {JSON} or {MULTIPART}, got {content_type!r}"))
         normalised = "?"  # unknown: a file field is neither allowed nor refused for it
-    elif normalised not in CONTENT_TYPES:
+    elif normalised not in CONTENT_TYPES and normalised != EVENT_STREAM:
         # The platform passes the container's answer through whatever this says (templates write
         # e.g. multipart/json); maserve answers the script's JSON as application/json.
         out.append(Finding(WARNING, ctype_path, f"{content_type!r} is passed through by ModelArts; maserve "

@@ -19,6 +19,7 @@ from maserve.errors import ModelError, ServiceError
 from maserve.logs import fields
 from maserve.model import Model
 from maserve.schema import RequestSchema, ResponseSchema
+from maserve.validate import EVENT_STREAM
 
 log = logging.getLogger("maserve.app")
 
@@ -35,11 +36,26 @@ class Route:
     request: RequestSchema
     response: ResponseSchema | None  # None unless responses are validated
 
+    @property
+    def streams(self) -> bool:
+        """The api answers Server-Sent Events (when `predict` returns an iterator)."""
+        return self.api.response_content_type == EVENT_STREAM
+
 
 def predict_one(model: Model, route: Route, body: bytes, boundary: bytes | None) -> bytes:
     """Decode, run the model, encode its answer (and check it, if asked)."""
     inputs = decode(route.api, body, boundary, route.request)
     return encode(route, call_model(model.predict, inputs))
+
+
+def start_stream(model: Model, route: Route, body: bytes, boundary: bytes | None) -> Any:
+    """For a streaming api: decode and call `predict`; an iterator it returns is left to
+    maserve.sse, anything else is encoded here like any answer."""
+    from maserve.sse import is_stream  # here: sse is only needed by streaming apis
+
+    inputs = decode(route.api, body, boundary, route.request)
+    result = call_model(model.predict, inputs)
+    return result if is_stream(result) else encode(route, result)
 
 
 def call_model(method: Callable[[Any], Any], argument: Any) -> Any:

@@ -1,0 +1,239 @@
+"""Streaming replies (Server-Sent Events): a model's iterator becomes `text/event-stream` events.
+
+For an api whose response Content-type is `text/event-stream`, `predict` may return an iterator,
+a generator, or an async generator: each item is sent as one event the moment it is produced
+(the transport writes what one loop iteration sent, nothing is held longer). Items are JSON-encoded
+unless they are already text (OpenAI's closing `[DONE]` is a string). Anything else `predict`
+returns is a normal JSON reply.
+
+Timeouts follow the platform's streaming semantics: MASERVE_REQUEST_TIMEOUT_SECONDS bounds the
+wait for the first event and for each next one (every event resets it), MASERVE_STREAM_TIMEOUT_SECONDS
+the whole stream. Until the first event a failure is a plain JSON error reply with its status; after
+it the stream ends with an `error` event carrying `error_code` and `error_msg`, never silently.
+
+A sync generator runs in the stream threads (one `next()` at a time, so it may block between
+items); an async generator runs on the event loop. A client that disconnects, a timeout or the end
+of the drain window closes the generator: `GeneratorExit` (or, for an async generator between
+items, cancellation) reaches the model within the item it is producing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from maserve.errors import InferenceTimeout, ModelError, ServiceError, ServiceStopping
+
+log = logging.getLogger("maserve.app")
+
+# Response headers of a stream: no caching, and no buffering by proxies (nginx reads the last one).
+STREAM_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+# Strict JSON for events: NaN or Infinity in an item ends the stream with an error event instead.
+_to_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+_DONE = object()  # the iterator is exhausted
+
+
+class StreamTimeout(InferenceTimeout):
+    """No next event within the per-event timeout, or the whole stream past its bound."""
+
+    error_code = "MASERVE.STREAM_TIMEOUT"
+
+
+def is_stream(result: Any) -> bool:
+    """Whether `predict` answered with something to stream (an iterator, not a list or a dict)."""
+    return isinstance(result, (Iterator, AsyncIterator))
+
+
+def encode_event(item: Any) -> bytes:
+    """One SSE event: `data:` lines (text as it is, anything else as JSON), then a blank line."""
+    if isinstance(item, bytes):
+        try:
+            item = item.decode()
+        except UnicodeDecodeError:
+            raise ModelError("the model streamed bytes that are not UTF-8 text") from None
+    if not isinstance(item, str):
+        try:
+            item = _to_json(item)
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"the model streamed an item that is not JSON-serialisable: {exc}") from None
+    lines = item.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return "".join(f"data: {line}\n" for line in lines).encode(errors="backslashreplace") + b"\n"
+
+
+def error_event(error: ServiceError) -> bytes:
+    """The event that ends a stream on failure: `event: error` with the JSON error body."""
+    return b"event: error\ndata: " + error.body() + b"\n\n"
+
+
+class EventSource:
+    """The model's iterator, advanced one item at a time off (sync) or on (async) the event loop."""
+
+    def __init__(self, iterator: Iterator[Any] | AsyncIterator[Any], executor: Executor) -> None:
+        self._iterator = iterator
+        self._executor = executor
+        self._pending: asyncio.Future[Any] | None = None  # the item being produced
+
+    def next_item(self) -> asyncio.Future[Any]:
+        """A future of the next item (or _DONE); a model exception becomes a ModelError."""
+        if isinstance(self._iterator, AsyncIterator):
+            self._pending = asyncio.ensure_future(_anext(self._iterator))
+        else:
+            loop = asyncio.get_running_loop()
+            self._pending = loop.run_in_executor(self._executor, _next, self._iterator)
+        return self._pending
+
+    def close(self) -> None:
+        """Stop the generator without waiting: after the item in progress, if one is (a sync
+        generator cannot be closed while it runs), in a stream thread; an async one is cancelled."""
+        pending, self._pending = self._pending, None
+        if isinstance(self._iterator, AsyncIterator):
+            task = asyncio.ensure_future(_cancel_and_close(pending, self._iterator))
+            _closing.add(task)  # held until done: the loop keeps only weak references to tasks
+            task.add_done_callback(_closing.discard)
+        elif pending is not None and not pending.done():
+            pending.add_done_callback(lambda _: self._executor.submit(_close, self._iterator))
+        else:
+            self._executor.submit(_close, self._iterator)
+
+
+_closing: set[asyncio.Future[Any]] = set()
+
+
+def _next(iterator: Iterator[Any]) -> Any:
+    try:
+        return next(iterator)
+    except StopIteration:
+        return _DONE
+    except ServiceError:
+        raise
+    except Exception as exc:
+        log.exception("the model's stream raised an exception")
+        raise ModelError(f"the model failed while streaming: {type(exc).__name__}") from None
+
+
+async def _anext(iterator: AsyncIterator[Any]) -> Any:
+    try:
+        return await iterator.__anext__()
+    except StopAsyncIteration:
+        return _DONE
+    except ServiceError:
+        raise
+    except Exception as exc:
+        log.exception("the model's stream raised an exception")
+        raise ModelError(f"the model failed while streaming: {type(exc).__name__}") from None
+
+
+def _close(iterator: Iterator[Any]) -> None:
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:
+            log.exception("the model's stream raised an exception while closing")
+
+
+async def _cancel_and_close(pending: asyncio.Future[Any] | None, iterator: AsyncIterator[Any]) -> None:
+    """Cancel the item in progress, wait for the generator to leave it, then close it."""
+    if pending is not None:
+        pending.cancel()
+        await asyncio.wait((pending,))
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:
+            log.exception("the model's stream raised an exception while closing")
+
+
+@dataclass
+class StreamOutcome:
+    """How a stream ended, for the access log."""
+
+    events: int = 0
+    error: ServiceError | None = None  # ended with an error event
+    client_gone: bool = False
+
+
+class Deadlines:
+    """The limits a stream runs under: per event, whole stream, and the drain window once it starts."""
+
+    def __init__(self, per_event: float, whole: float, drain_deadline: Callable[[], float | None]) -> None:
+        loop = asyncio.get_running_loop()
+        self._time = loop.time
+        self.per_event = per_event
+        self.whole_deadline = self._time() + whole
+        self.whole = whole
+        self._drain_deadline = drain_deadline
+
+    def next_wait(self) -> tuple[float, ServiceError]:
+        """Seconds to wait for the next event, and the error to end with when they pass."""
+        now = self._time()
+        wait = self.per_event
+        error: ServiceError = StreamTimeout(f"no event within {self.per_event:g} s (MASERVE_REQUEST_TIMEOUT_SECONDS)")
+        if self.whole_deadline - now < wait:
+            wait = self.whole_deadline - now
+            error = StreamTimeout(f"the stream ran past {self.whole:g} s (MASERVE_STREAM_TIMEOUT_SECONDS)")
+        drain = self._drain_deadline()
+        if drain is not None and drain - now < wait:
+            wait = drain - now
+            error = ServiceStopping("the service is stopping: the stream ran past the drain window")
+        return max(0.0, wait), error
+
+
+async def first_item(source: EventSource, deadlines: Deadlines, disconnected: asyncio.Future[Any]) -> Any:
+    """The first item, before any header is sent: its failures are plain JSON error replies."""
+    return await _await_item(source, deadlines, disconnected, StreamTimeout(
+        f"no first event within {deadlines.per_event:g} s (MASERVE_REQUEST_TIMEOUT_SECONDS)"))
+
+
+async def _await_item(
+    source: EventSource, deadlines: Deadlines, disconnected: asyncio.Future[Any], first: ServiceError | None = None
+) -> Any:
+    wait, error = deadlines.next_wait()
+    item = source.next_item()
+    done, _ = await asyncio.wait((item, disconnected), timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+    if item in done:
+        return item.result()  # raises the model's failure
+    if disconnected in done:
+        raise ClientDisconnected()
+    raise first if first is not None and isinstance(error, StreamTimeout) else error
+
+
+class ClientDisconnected(Exception):
+    """The client went away mid-stream."""
+
+
+async def send_events(
+    source: EventSource,
+    first: Any,
+    deadlines: Deadlines,
+    disconnected: asyncio.Future[Any],
+    send: Callable[[bytes], Awaitable[None]],
+) -> StreamOutcome:
+    """Send `first`, then every next item as it comes, until the iterator ends or a limit is hit.
+    The generator is closed on every way out but its own end."""
+    outcome = StreamOutcome()
+    item = first
+    try:
+        while item is not _DONE:
+            await send(encode_event(item))
+            outcome.events += 1
+            item = await _await_item(source, deadlines, disconnected)
+    except ClientDisconnected:
+        outcome.client_gone = True
+        source.close()
+    except ServiceError as exc:
+        outcome.error = exc
+        source.close()
+        if not disconnected.done():
+            await send(error_event(exc))
+    return outcome

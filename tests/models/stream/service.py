@@ -1,0 +1,71 @@
+"""Test fixture: streams `count` events, sync or async, with delays, failures and a close marker.
+
+`closed_file`: the generator writes "closed after N" there when it is stopped early (GeneratorExit
+or cancellation), "finished" when it ran to its end: the tests read it to see the model stopped.
+"""
+
+import asyncio
+import math
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterator
+
+from maserve import InvalidInput, Inputs, Model
+
+
+def _item(request: dict[str, Any], index: int) -> Any:
+    if request.get("fail_at") == index:
+        if index == 0:
+            raise InvalidInput("fail_at 0: refused before the first event")
+        raise RuntimeError(f"fail_at {index}")
+    if request.get("bad_at") == index:
+        return {"index": index, "value": math.nan}
+    if request.get("text"):
+        return f"line {index}\nsecond line"
+    return {"index": index, "time": time.time()}
+
+
+class StreamService(Model):
+    def warmup(self) -> None:
+        list(self._sync({"count": 2}))
+
+    def predict(self, inputs: Inputs) -> Any:
+        request = inputs.fields
+        if request.get("stream") is False:
+            return {"events": request["count"]}
+        if request.get("mode") == "async":
+            return self._async(request)
+        return self._sync(request)
+
+    def _sync(self, request: dict[str, Any]) -> Iterator[Any]:
+        produced = 0
+        try:
+            time.sleep(request.get("first_delay", 0))
+            for index in range(request["count"]):
+                if index:
+                    time.sleep(request.get("delay", 0))
+                yield _item(request, index)
+                produced += 1
+            _mark(request, "finished")
+        except GeneratorExit:
+            _mark(request, f"closed after {produced}")
+            raise
+
+    async def _async(self, request: dict[str, Any]) -> AsyncIterator[Any]:
+        produced = 0
+        try:
+            await asyncio.sleep(request.get("first_delay", 0))
+            for index in range(request["count"]):
+                if index:
+                    await asyncio.sleep(request.get("delay", 0))
+                yield _item(request, index)
+                produced += 1
+            _mark(request, "finished")
+        except (GeneratorExit, asyncio.CancelledError):
+            _mark(request, f"closed after {produced}")
+            raise
+
+
+def _mark(request: dict[str, Any], text: str) -> None:
+    if request.get("closed_file"):
+        Path(request["closed_file"]).write_text(text)
