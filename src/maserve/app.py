@@ -44,7 +44,7 @@ from maserve.openapi import OPENAPI_URL, openapi_document
 from maserve.readiness import StartupGate, StopFlag
 from maserve.schema import RequestSchema, ResponseSchema
 from maserve.settings import Settings
-from maserve.sse import STREAM_HEADERS, Deadlines, EventSource, StreamOutcome, first_item, send_events
+from maserve.sse import STREAM_HEADERS, Deadlines, EventSource, StreamTimeout, first_item, send_events
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -286,6 +286,8 @@ class MaserveApp:
                     return await self._batcher.submit(loop, route, body, boundary)
                 return await loop.run_in_executor(self._executor, predict_one, self._model, route, body, boundary)
         except TimeoutError:
+            if route.streams:
+                raise StreamTimeout(f"no first event within {timeout:g} s (MASERVE_REQUEST_TIMEOUT_SECONDS)") from None
             raise InferenceTimeout(f"inference did not finish within {timeout:g} s") from None
 
     async def _first_event(self, iterator: Any, receive: Receive) -> PendingStream:
