@@ -34,6 +34,7 @@ from maserve.errors import (
     NotFound,
     PayloadTooLarge,
     ServiceError,
+    UpgradeRequired,
 )
 from maserve.http.batcher import Batcher
 from maserve.http.body import ClientGone, read_body
@@ -41,9 +42,10 @@ from maserve.http.calls import Route, predict_one, start_stream
 from maserve.logs import ACCESS_LOGGER, IterationLog, fields, flush_handlers
 from maserve.model import Model, load_model, serves_batches
 from maserve.openapi import OPENAPI_URL, openapi_document
-from maserve.readiness import StartupGate, StopFlag
+from maserve.readiness import Drain, StartupGate, StopFlag
 from maserve.schema import RequestSchema, ResponseSchema
 from maserve.settings import Settings
+from maserve.websocket import serve_websocket
 from maserve.sse import STREAM_HEADERS, Deadlines, EventSource, StreamTimeout, first_item, send_events
 
 Scope = dict[str, Any]
@@ -60,8 +62,6 @@ INFERENCE_THREADS = 2
 # Threads per worker for sync generators of streaming apis: one `next()` each at a time, so a
 # generator that blocks between items holds one; more than inference, since streams are long.
 STREAM_THREADS = 16
-# At the end of the drain window, streams are ended this long before gunicorn's hard stop.
-DRAIN_MARGIN_SECONDS = 1.0
 # gunicorn's exit code for "worker failed to boot": the master then stops the whole server.
 WORKER_BOOT_ERROR = 3
 # An incoming X-Request-Id is echoed and logged only if it is short, visible ASCII (no log injection).
@@ -90,11 +90,16 @@ class MaserveApp:
         self._access_log = IterationLog(access_log)  # a line per request, logged once per loop iteration
         self._batcher: Batcher | None = None  # set once a batching model is loaded
         self._stream_executor: ThreadPoolExecutor | None = None  # made with the first stream
-        self._drain_deadline: float | None = None  # loop time when running streams must end
+        self.drain = Drain()  # when running streams and WebSockets must end
+        self._websockets: dict[str, Route] = {}  # WebSocket apis by url
         for api in config.apis:
             # MASERVE_VALIDATE_RESPONSES=1: check every answer against the api's response schema.
             response = ResponseSchema(api) if settings.validate_responses else None
-            self._routes.setdefault(api.url, {})[api.method] = Route(api, RequestSchema(api), response)
+            route = Route(api, RequestSchema(api), response)
+            if api.websocket:
+                self._websockets[api.url] = route
+            else:
+                self._routes.setdefault(api.url, {})[api.method] = route
         # GET /openapi.json describes the apis, unless config.json claims that path for itself.
         declared = OPENAPI_URL in self._routes or OPENAPI_URL == config.health_url
         self._openapi_url: str | None = None if declared else OPENAPI_URL
@@ -104,6 +109,8 @@ class MaserveApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             await self._http(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await serve_websocket(self, scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
 
@@ -185,10 +192,12 @@ class MaserveApp:
             status, body = exc.status, exc.body()
             if isinstance(exc, MethodNotAllowed):
                 headers.append((b"allow", ", ".join(exc.allowed).encode()))
+            elif isinstance(exc, UpgradeRequired):
+                headers.append((b"upgrade", b"websocket"))
             if isinstance(exc, PayloadTooLarge) and not self.stopping.is_set():
                 headers.append(_CLOSE_HEADER)  # the rest of the body is not worth reading
         except ClientGone:
-            self._log(request_id, method, path, 499, started, 0, None)
+            self.log_request(request_id, method, path, 499, started, 0, None)
             return
         except Exception:
             log.exception("unexpected error", extra=fields(request_id=request_id.decode()))
@@ -199,7 +208,7 @@ class MaserveApp:
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
-        self._log(request_id, method, path, status, started, len(body), error)
+        self.log_request(request_id, method, path, status, started, len(body), error)
 
     async def _stream(
         self,
@@ -234,7 +243,7 @@ class MaserveApp:
         finally:
             pending.disconnected.cancel()
         status = 499 if outcome.client_gone else 200
-        self._log(request_id, method, path, status, started, sent, outcome.error, events=outcome.events)
+        self.log_request(request_id, method, path, status, started, sent, outcome.error, events=outcome.events)
 
     def _new_request_id(self) -> bytes:
         """A unique id without a syscall per request: a random per-process prefix and a counter."""
@@ -243,6 +252,8 @@ class MaserveApp:
 
     def _route(self, path: str, method: str) -> Route:
         by_method = self._routes.get(path)
+        if by_method is None and path in self._websockets:
+            raise UpgradeRequired(f"{path} is a WebSocket api: connect with a WebSocket client (ws:// or wss://)")
         if by_method is None:
             if path == self.config.health_url or path == self._openapi_url:
                 raise MethodNotAllowed(f"{method} is not allowed on {path}; use GET", ["GET", "HEAD"])
@@ -255,6 +266,7 @@ class MaserveApp:
 
     def _describe_routes(self) -> list[str]:
         routes = [f"{m} {url}" for url, by_method in self._routes.items() for m in by_method]
+        routes += [f"WebSocket {url}" for url in self._websockets]
         routes.append(f"GET {self.config.health_url}")
         if self._openapi_url is not None:
             routes.append(f"GET {self._openapi_url}")
@@ -292,11 +304,9 @@ class MaserveApp:
 
     async def _first_event(self, iterator: Any, receive: Receive) -> PendingStream:
         """Wait for a stream's first item: until it comes, a failure is a plain JSON error reply."""
-        if self._stream_executor is None:
-            self._stream_executor = ThreadPoolExecutor(STREAM_THREADS, thread_name_prefix="maserve-stream")
-        source = EventSource(iterator, self._stream_executor)
+        source = EventSource(iterator, self.stream_executor())
         deadlines = Deadlines(self.settings.request_timeout_seconds, self.settings.stream_timeout_seconds,
-                              lambda: self._drain_deadline)
+                              self.drain)
         disconnected = asyncio.ensure_future(_disconnect(receive))
         try:
             first = await first_item(source, deadlines, disconnected)
@@ -306,14 +316,49 @@ class MaserveApp:
             raise
         return PendingStream(source, first, deadlines, disconnected)
 
-    def begin_drain(self) -> None:
-        """The worker got its stop signal (the drain starts): streams get the drain window, then end.
-        Called on the event loop."""
-        if self._drain_deadline is None:
-            margin = min(DRAIN_MARGIN_SECONDS, self.settings.drain_seconds / 2)
-            self._drain_deadline = asyncio.get_running_loop().time() + self.settings.drain_seconds - margin
+    # -- what maserve.websocket uses ----------------------------------------------------------
+    @property
+    def model(self) -> Model | None:
+        return self._model
 
-    def _log(
+    @property
+    def executor(self) -> ThreadPoolExecutor | None:
+        return self._executor
+
+    def stream_executor(self) -> ThreadPoolExecutor:
+        """The threads that advance sync generators (made with the first stream)."""
+        if self._stream_executor is None:
+            self._stream_executor = ThreadPoolExecutor(STREAM_THREADS, thread_name_prefix="maserve-stream")
+        return self._stream_executor
+
+    def websocket_route(self, path: str) -> Route | None:
+        return self._websockets.get(path)
+
+    def websocket_urls(self) -> list[str]:
+        return list(self._websockets)
+
+    def request_id(self, scope: Scope) -> bytes:
+        """The caller's X-Request-Id when it is safe to log, else a new one."""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
+                return value
+        return self._new_request_id()
+
+    async def wait_ready(self) -> bool:
+        """Wait (up to the request timeout) for this worker's model; False if it is still loading."""
+        if not self._ready.is_set():
+            try:
+                await asyncio.wait_for(self._ready.wait(), self.settings.request_timeout_seconds)
+            except TimeoutError:
+                return False
+        return True
+
+    def begin_drain(self) -> None:
+        """The worker got its stop signal (the drain starts): streams and WebSockets get the drain
+        window, then end. Called on the event loop."""
+        self.drain.begin(self.settings.drain_seconds)
+
+    def log_request(
         self,
         request_id: bytes,
         method: str,
@@ -333,7 +378,7 @@ class MaserveApp:
             "bytes": size,
             **extra,
         }
-        kind = "stream" if "events" in extra else "request"
+        kind = "stream" if "events" in extra else "websocket" if "close_code" in extra else "request"
         if error is None:
             self._access_log.log(logging.INFO, kind if status != 499 else f"{kind}: client gone", values)
             return

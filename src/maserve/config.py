@@ -32,6 +32,11 @@ class ApiSpec:
     response_content_type: str
     response_schema: dict[str, Any]
 
+    @property
+    def websocket(self) -> bool:
+        """Served over WebSocket (`"protocol": "ws"` or `"wss"`), not plain HTTP."""
+        return self.protocol in ("ws", "wss")
+
     @cached_property  # read for every request
     def file_fields(self) -> frozenset[str]:
         """Request fields declared `{"type": "file"}`: they arrive as uploaded files."""
@@ -54,7 +59,7 @@ class ModelConfig:
 
     @property
     def uses_tls(self) -> bool:
-        return any(api.protocol == "https" for api in self.apis)
+        return any(api.protocol in ("https", "wss") for api in self.apis)
 
 
 def read_config(path: Path) -> dict[str, Any]:

@@ -194,3 +194,23 @@ def _parse_json(api: ApiSpec, body: bytes) -> dict[str, Any]:
         if name not in value:
             raise InvalidInput(f"missing required field '{name}'", error_code="MASERVE.MISSING_FIELD")
     return value
+
+
+def decode_message(api: ApiSpec, message: bytes | str, schema: RequestSchema | None = None) -> Inputs:
+    """One WebSocket message as the model sees it: for an api that takes one file, a binary
+    message is that file; otherwise a text (or UTF-8 binary) message is its JSON object."""
+    if api.request_content_type == MULTIPART and len(api.file_fields) == 1 and isinstance(message, bytes):
+        (name,) = api.file_fields
+        files = {name: UploadedFile("message", "application/octet-stream", message)}
+        _check_declared(api, files, {})
+        if schema is not None:
+            schema.validate({})
+        return _inputs(api, files, {})
+    if api.request_content_type == MULTIPART and api.file_fields:
+        raise InvalidInput(f"this api takes its file ({', '.join(sorted(api.file_fields))}) as a binary message",
+                           error_code="MASERVE.INVALID_MESSAGE")
+    data = message.encode() if isinstance(message, str) else message
+    fields = _parse_json(api, data)
+    if schema is not None:
+        schema.validate(fields)
+    return _inputs(api, {}, fields)

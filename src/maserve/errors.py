@@ -87,3 +87,10 @@ class ServiceStopping(ServiceError):
 
     status = 503
     error_code = "MASERVE.SERVICE_STOPPING"
+
+
+class UpgradeRequired(ServiceError):
+    """Plain HTTP to a WebSocket api."""
+
+    status = 426
+    error_code = "MASERVE.UPGRADE_REQUIRED"

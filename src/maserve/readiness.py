@@ -9,6 +9,7 @@ answers 503 itself until it has reloaded (its requests wait for the model).
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 
@@ -50,3 +51,26 @@ class StopFlag:
 
     def is_set(self) -> bool:
         return bool(self._value.value)
+
+
+class Drain:
+    """A worker's drain, once its stop signal came: long-lived exchanges (streams, WebSockets) may
+    run until `deadline` (loop time), a margin before gunicorn's hard stop, then end cleanly."""
+
+    MARGIN_SECONDS = 1.0
+
+    def __init__(self) -> None:
+        self.deadline: float | None = None
+        self.started: asyncio.Event | None = None  # made on the worker's loop
+
+    def event(self) -> asyncio.Event:
+        if self.started is None:
+            self.started = asyncio.Event()
+        return self.started
+
+    def begin(self, seconds: float) -> None:
+        """Called on the event loop when the drain starts."""
+        if self.deadline is None:
+            margin = min(self.MARGIN_SECONDS, seconds / 2)
+            self.deadline = asyncio.get_running_loop().time() + seconds - margin
+            self.event().set()

@@ -28,6 +28,7 @@ from maserve.config import ModelConfig
 from maserve.logs import fields, logging_config
 from maserve.settings import Settings
 from maserve.tls import make_self_signed
+from maserve.ws_protocol import PlatformWebSocketProtocol
 
 log = logging.getLogger("maserve.server")
 
@@ -92,6 +93,7 @@ class MaserveWorker(UvicornWorker):
     CONFIG_KWARGS = {
         "loop": "auto",
         "http": _OneWriteHttpToolsProtocol,
+        "ws": PlatformWebSocketProtocol,
         "access_log": False,
         "lifespan": "on",
         "server_header": False,
@@ -100,6 +102,7 @@ class MaserveWorker(UvicornWorker):
 
     async def _serve(self) -> None:
         self.config.app = self.wsgi
+        self.config.ws_max_size = self.wsgi.settings.max_body_bytes  # past it: close code 1009
         self._server = _WorkerServer(self.config, self.wsgi.begin_drain)
         self._install_sigquit_handler()
         await self._server.serve(sockets=self.sockets)

@@ -27,6 +27,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
+from maserve.readiness import Drain
+
 from maserve.errors import InferenceTimeout, ModelError, ServiceError, ServiceStopping
 
 log = logging.getLogger("maserve.app")
@@ -39,7 +41,7 @@ STREAM_HEADERS = [
 ]
 # Strict JSON for events: NaN or Infinity in an item ends the stream with an error event instead.
 _to_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
-_DONE = object()  # the iterator is exhausted
+DONE = object()  # the iterator is exhausted
 
 
 class StreamTimeout(InferenceTimeout):
@@ -83,7 +85,7 @@ class EventSource:
         self._pending: asyncio.Future[Any] | None = None  # the item being produced
 
     def next_item(self) -> asyncio.Future[Any]:
-        """A future of the next item (or _DONE); a model exception becomes a ModelError."""
+        """A future of the next item (or DONE); a model exception becomes a ModelError."""
         if isinstance(self._iterator, AsyncIterator):
             self._pending = asyncio.ensure_future(_anext(self._iterator))
         else:
@@ -112,7 +114,7 @@ def _next(iterator: Iterator[Any]) -> Any:
     try:
         return next(iterator)
     except StopIteration:
-        return _DONE
+        return DONE
     except ServiceError:
         raise
     except Exception as exc:
@@ -124,7 +126,7 @@ async def _anext(iterator: AsyncIterator[Any]) -> Any:
     try:
         return await iterator.__anext__()
     except StopAsyncIteration:
-        return _DONE
+        return DONE
     except ServiceError:
         raise
     except Exception as exc:
@@ -164,48 +166,67 @@ class StreamOutcome:
 
 
 class Deadlines:
-    """The limits a stream runs under: per event, whole stream, and the drain window once it starts."""
+    """The limits a stream (or a WebSocket answer) runs under: per event, the whole stream, and the
+    drain window once the worker's stop begins, even while an event is awaited."""
 
-    def __init__(self, per_event: float, whole: float, drain_deadline: Callable[[], float | None]) -> None:
-        loop = asyncio.get_running_loop()
-        self._time = loop.time
+    def __init__(self, per_event: float, whole: float, drain: Drain) -> None:
+        self._time = asyncio.get_running_loop().time
         self.per_event = per_event
         self.whole_deadline = self._time() + whole
         self.whole = whole
-        self._drain_deadline = drain_deadline
+        self._drain = drain
 
-    def next_wait(self) -> tuple[float, ServiceError]:
-        """Seconds to wait for the next event, and the error to end with when they pass."""
+    def _limit(self, waiting_since: float) -> tuple[float, ServiceError]:
+        """Seconds left to wait, and the error to end with when they pass."""
         now = self._time()
-        wait = self.per_event
+        wait = waiting_since + self.per_event - now
         error: ServiceError = StreamTimeout(f"no event within {self.per_event:g} s (MASERVE_REQUEST_TIMEOUT_SECONDS)")
         if self.whole_deadline - now < wait:
             wait = self.whole_deadline - now
             error = StreamTimeout(f"the stream ran past {self.whole:g} s (MASERVE_STREAM_TIMEOUT_SECONDS)")
-        drain = self._drain_deadline()
+        drain = self._drain.deadline
         if drain is not None and drain - now < wait:
             wait = drain - now
             error = ServiceStopping("the service is stopping: the stream ran past the drain window")
         return max(0.0, wait), error
 
+    async def wait(self, future: asyncio.Future[Any], disconnected: asyncio.Future[Any]) -> Any:
+        """`future`'s result, or ClientDisconnected, or the ServiceError of the limit that passed first."""
+        since = self._time()
+        while True:
+            wait, error = self._limit(since)
+            waiting: set[asyncio.Future[Any]] = {future, disconnected}
+            drain_started = None
+            if self._drain.deadline is None:  # wake up when the drain starts: the limit shrinks
+                drain_started = asyncio.ensure_future(self._drain.event().wait())
+                waiting.add(drain_started)
+            try:
+                done, _ = await asyncio.wait(waiting, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if drain_started is not None:
+                    drain_started.cancel()
+            if future in done:
+                return future.result()  # raises the model's failure
+            if disconnected in done:
+                raise ClientDisconnected()
+            if not done:
+                raise error
+
 
 async def first_item(source: EventSource, deadlines: Deadlines, disconnected: asyncio.Future[Any]) -> Any:
     """The first item, before any header is sent: its failures are plain JSON error replies."""
-    return await _await_item(source, deadlines, disconnected, StreamTimeout(
-        f"no first event within {deadlines.per_event:g} s (MASERVE_REQUEST_TIMEOUT_SECONDS)"))
+    try:
+        return await await_item(source, deadlines, disconnected)
+    except StreamTimeout as exc:
+        if "MASERVE_REQUEST_TIMEOUT_SECONDS" in exc.message:
+            raise StreamTimeout(f"no first event within {deadlines.per_event:g} s "
+                                "(MASERVE_REQUEST_TIMEOUT_SECONDS)") from None
+        raise
 
 
-async def _await_item(
-    source: EventSource, deadlines: Deadlines, disconnected: asyncio.Future[Any], first: ServiceError | None = None
-) -> Any:
-    wait, error = deadlines.next_wait()
-    item = source.next_item()
-    done, _ = await asyncio.wait((item, disconnected), timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-    if item in done:
-        return item.result()  # raises the model's failure
-    if disconnected in done:
-        raise ClientDisconnected()
-    raise first if first is not None and isinstance(error, StreamTimeout) else error
+async def await_item(source: EventSource, deadlines: Deadlines, disconnected: asyncio.Future[Any]) -> Any:
+    """The next item, or ClientDisconnected, or the ServiceError of the limit that passed first."""
+    return await deadlines.wait(source.next_item(), disconnected)
 
 
 class ClientDisconnected(Exception):
@@ -224,10 +245,10 @@ async def send_events(
     outcome = StreamOutcome()
     item = first
     try:
-        while item is not _DONE:
+        while item is not DONE:
             await send(encode_event(item))
             outcome.events += 1
-            item = await _await_item(source, deadlines, disconnected)
+            item = await await_item(source, deadlines, disconnected)
     except ClientDisconnected:
         outcome.client_gone = True
         source.close()

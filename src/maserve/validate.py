@@ -43,6 +43,8 @@ MODEL_TYPES = (
     "Template",
 )
 PROTOCOLS = ("http", "https")
+# An api may also be served over WebSocket (maserve.websocket): plain or over TLS.
+WS_PROTOCOLS = ("ws", "wss")
 METHODS = ("get", "post", "put", "delete", "patch")
 ALGORITHM_FORBIDDEN = "&!'\"<>="
 ALGORITHM_MAX = 36
@@ -179,7 +181,7 @@ def _check_apis(apis: Any, out: list[Finding]) -> None:
         if not isinstance(api, dict):
             out.append(Finding(ERROR, path, "must be an object"))
             continue
-        _check_protocol(api, path, out)
+        _check_protocol(api, path, out, PROTOCOLS + WS_PROTOCOLS)
         url = api.get("url", "/")
         if not isinstance(url, str) or not url.startswith("/"):
             out.append(Finding(ERROR, child(path, "url"), f'must start with "/", got {url!r}'))
@@ -187,7 +189,8 @@ def _check_apis(apis: Any, out: list[Finding]) -> None:
         if not isinstance(method, str) or method.lower() not in METHODS:
             out.append(Finding(ERROR, child(path, "method"), f"must be one of {', '.join(METHODS)}, got {method!r}"))
         elif isinstance(url, str):
-            route = (method.upper(), url)
+            websocket = api.get("protocol", api.get("procotol")) in WS_PROTOCOLS
+            route = ("WebSocket" if websocket else method.upper(), url)
             if route in seen:
                 out.append(Finding(ERROR, path, f"two apis entries declare {route[0]} {url} ($.apis[{seen[route]}])"))
             seen.setdefault(route, index)
@@ -196,15 +199,15 @@ def _check_apis(apis: Any, out: list[Finding]) -> None:
                 _check_body(api[part], child(path, part), part == "request", out)
 
 
-def _check_protocol(obj: dict[str, Any], path: str, out: list[Finding]) -> None:
-    """`protocol` (or ModelArts' accepted typo `procotol`) is http or https."""
+def _check_protocol(obj: dict[str, Any], path: str, out: list[Finding], allowed: tuple[str, ...] = PROTOCOLS) -> None:
+    """`protocol` (or ModelArts' accepted typo `procotol`) is http or https (or, for an api, ws or wss)."""
     for typo, key in KEY_TYPOS.items():
         if typo in obj:
             note = f"; the value of {key!r} wins" if key in obj else ""
             out.append(Finding(WARNING, child(path, typo), f'ModelArts accepts this typo; write "{key}"{note}'))
     key = "protocol" if "protocol" in obj else "procotol" if "procotol" in obj else None
-    if key is not None and obj[key] not in PROTOCOLS:
-        out.append(Finding(ERROR, child(path, key), f"must be http or https, got {obj[key]!r}"))
+    if key is not None and obj[key] not in allowed:
+        out.append(Finding(ERROR, child(path, key), f"must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {obj[key]!r}"))
 
 
 def _check_body(body: Any, path: str, is_request: bool, out: list[Finding]) -> None:

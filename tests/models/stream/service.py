@@ -1,5 +1,8 @@
 """Test fixture: streams `count` events, sync or async, with delays, failures and a close marker.
 
+Over WebSocket (/ws: the same JSON requests, plus `seen`: how many messages this socket sent,
+from per-connection state; `sleep`: a slow answer; /ws-file: the uploaded bytes echoed reversed).
+
 `closed_file`: the generator writes "closed after N" there when it is stopped early (GeneratorExit
 or cancellation), "finished" when it ran to its end: the tests read it to see the model stopped.
 """
@@ -29,8 +32,17 @@ class StreamService(Model):
     def warmup(self) -> None:
         list(self._sync({"count": 2}))
 
+    def websocket_session(self) -> "Session":
+        return Session(self)
+
     def predict(self, inputs: Inputs) -> Any:
         request = inputs.fields
+        if inputs.url == "/ws-file":
+            return inputs.files["file"].data[::-1]
+        if request.get("sleep"):
+            time.sleep(request["sleep"])
+        if request.get("nan"):
+            return {"value": math.nan}
         if request.get("stream") is False:
             return {"events": request["count"]}
         if request.get("mode") == "async":
@@ -69,3 +81,17 @@ class StreamService(Model):
 def _mark(request: dict[str, Any], text: str) -> None:
     if request.get("closed_file"):
         Path(request["closed_file"]).write_text(text)
+
+
+class Session:
+    """Per-socket state: the messages this socket sent so far."""
+
+    def __init__(self, service: StreamService) -> None:
+        self.service = service
+        self.seen = 0
+
+    def predict(self, inputs: Inputs) -> Any:
+        self.seen += 1
+        if inputs.fields.get("seen"):
+            return {"seen": self.seen}
+        return self.service.predict(inputs)
