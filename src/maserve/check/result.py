@@ -16,6 +16,11 @@ SPEC = {
     "port": "curl -X POST \\ http://{Listening IP address}:8080/ … listen_ip indicates the container IP address.",
     "health": 'GET /health … Sample response {"health": "true"} … 200 OK Request sent',
     "apis": "The inference API must be the same as the URL defined by apis in config.json.",
+    # Only for a config.json that declares such apis (ModelArts' docs on custom images, not the spec).
+    "stream": "(ModelArts docs) SSE: the response's Content-Type must be text/event-stream; the timeout is a "
+    "time-to-first-chunk limit, reset by every chunk",
+    "websocket": "(ModelArts docs) WebSocket upgrade: only for images that speak WebSocket; messages over 64 KB "
+    "are split into frames",
     "logs": "Configure standard output so that logs can be properly displayed.",
     "keepalive": "To ensure that services are not interrupted during a rolling upgrade, set HTTP keep-alive to 200.",
     "shutdown": "capture SIGTERM signals in the container and wait for 60s before gracefully exiting … "

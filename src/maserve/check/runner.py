@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from maserve.check import image
@@ -11,6 +12,7 @@ from maserve.check.result import FAIL, SKIP, Result, one_line, progress
 from maserve.check.samples import Sample, all_samples
 from maserve.check.service import URL_HEALTH_WAIT, check_apis, check_logs, wait_healthy
 from maserve.check.shutdown import check_shutdown
+from maserve.check.streaming import SocketHold, check_streams, check_websockets, judge_hold
 from maserve.check.static import check_config, check_url_port, wait_listening
 from maserve.check.target import Options, Target, from_url, start_command
 from maserve.config import ConfigError, ModelConfig, load_config, read_config
@@ -89,17 +91,30 @@ def _http_checks(target: Target, options: Options, config: ModelConfig | None, r
     health, _ = wait_healthy(target, health_path, limit, _initial_delay(raw))
     out = [health]
     samples: dict[str, list[Sample]] = {}
+    stream: Result | None = None
+    websocket: Result | None = None
+    hold: SocketHold | None = None
     if config is None:
         reason = "no --config given" if options.config is None else "config.json is not valid"
         out.append(Result("apis", SKIP, f"{reason}: the apis are unknown"))
     else:
         samples, problems = all_samples(options.model_dir, config.apis)
         out.append(check_apis(target, config.apis, samples, problems))
-    flat = [s for group in samples.values() for s in group]
+        stream = check_streams(target, config.apis, samples)
+        out += [stream] if stream is not None else []
+        websocket, hold = check_websockets(target, config.apis, samples, options)
+    flat = [s for group in samples.values() for s in group if s.method != "WEBSOCKET"]
     out.append(check_logs(target, health_path, flat[0] if flat else None))
     out.append(check_keepalive(target, health_path, options.keepalive_seconds))
     calls = [Call(s.method, s.url, s.body, s.headers) for s in flat] or [Call("GET", health_path, None, {})]
-    out.append(check_shutdown(target, options, calls))
+    terminated = threading.Event()
+    if hold is not None:
+        hold.start(terminated)
+    out.append(check_shutdown(target, options, calls, on_terminate=terminated.set))
+    if websocket is not None:
+        if hold is not None:
+            hold.finish(timeout=10)
+        out.insert(out.index(stream) + 1 if stream is not None else 2, judge_hold(websocket, hold))
     return out
 
 

@@ -3,7 +3,9 @@
 samples/expected.json maps a sample file to the full JSON answer it must get, for the model's only
 api: {"seven.jpg": {"mnist_result": 7}}. With several apis it maps "METHOD /url" to such a map:
 {"POST /": {"seven.jpg": {...}}, "POST /batch": {"two.json": {...}}}. A multipart api gets the file
-in its single {"type": "file"} field; an application/json api gets a .json file as the body.
+in its single {"type": "file"} field; an application/json api gets a .json file as the body. A
+WebSocket api ("WEBSOCKET /ws") gets the file as one message and must answer it with that JSON
+first; a streaming api's events are checked for their form, not their content (`null` is fine).
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ class Sample:
 
 
 def route(api: ApiSpec) -> str:
-    return f"{api.method.upper()} {api.url}"
+    """The api's key in expected.json: "POST /", or "WEBSOCKET /ws" for a WebSocket api."""
+    return f"{'WEBSOCKET' if api.websocket else api.method.upper()} {api.url}"
 
 
 def load_expected(model_dir: Path | None, apis: tuple[ApiSpec, ...]) -> dict[str, dict[str, Any]]:
@@ -67,6 +70,8 @@ def build(model_dir: Path, api: ApiSpec, name: str, expected: Any) -> Sample:
         data = path.read_bytes()
     except OSError as exc:
         raise SampleError(f"{path}: {exc.strerror}") from None
+    if api.websocket:  # the file is the message: binary for a file api, text for a JSON one
+        return Sample(name, "WEBSOCKET", api.url, data, {}, expected)
     if api.request_content_type == MULTIPART:
         fields = sorted(api.file_fields)
         if len(fields) != 1:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from typing import Callable
 
 from maserve.check.load import DROPPED, OK, RACE, Call, Load, Outcome
 from maserve.check.result import FAIL, PASS, SKIP, WARN, Result, progress
@@ -20,7 +21,8 @@ POLL = 0.05
 AFTER_EXIT = 0.3  # keep the load on this long after the exit, to see refusals
 
 
-def check_shutdown(target: Target, options: Options, calls: list[Call]) -> Result:
+def check_shutdown(target: Target, options: Options, calls: list[Call],
+                   on_terminate: Callable[[], None] | None = None) -> Result:
     proc = target.proc  # the wrapper shell: it exits when the command does, with its status
     if proc is None:
         return Result("shutdown", SKIP, "a service at a URL cannot be stopped by the checker; use --cmd")
@@ -33,6 +35,8 @@ def check_shutdown(target: Target, options: Options, calls: list[Call]) -> Resul
     time.sleep(WARMUP)
     term = time.monotonic()
     target.terminate()
+    if on_terminate is not None:
+        on_terminate()
     exited_after = _wait_exit(proc, term, options.stop_bound + KILL_MARGIN)
     if exited_after is not None:
         time.sleep(AFTER_EXIT)
