@@ -24,7 +24,7 @@ from maserve.check.image import default_engine, engine_works
 
 IMAGE = os.environ.get("MASERVE_TEST_IMAGE", "maserve-mnist:check")
 BASE = os.environ.get("MASERVE_TEST_BASE", "localhost/debian-python:bookworm")
-NAMES = ["config", "port", "health", "apis", "logs", "keepalive", "shutdown",
+NAMES = ["config", "port", "health", "apis", "websocket", "logs", "keepalive", "shutdown",
          "boot", "size", "user", "batch-deps", "secrets"]
 
 
@@ -115,7 +115,7 @@ def test_bad_image_is_flagged(engine: str, mnist_image: str, tmp_path: Path) -> 
     finally:
         subprocess.run([engine, "rmi", "-f", tag], capture_output=True, check=False)
     shown = json.dumps(report, indent=1) + out.stderr[-2000:]
-    assert [r["check"] for r in report["results"]] == NAMES, shown
+    assert [r["check"] for r in report["results"]] == [n for n in NAMES if n != "websocket"], shown  # no config
     verdicts = {r["check"]: r["verdict"] for r in report["results"]}
     evidence = {r["check"]: r["evidence"] for r in report["results"]}
     assert verdicts["boot"] == "FAIL" and "python3" in evidence["boot"], shown
@@ -138,7 +138,7 @@ def test_image_facts_without_an_engine() -> None:
                                             "Env": ["PATH=/opt/venv/bin", "GPG_KEY=ABCD"]}}
     probe = Probe(boot_file=True, tools={"python3"}, users={"1000": "ma-user"}, scanned=24)
     found = {r.check: r for r in image_checks(good, probe, Options())}
-    assert [found[n].verdict for n in NAMES[7:]] == ["PASS", "PASS", "PASS", "WARN", "PASS"]
+    assert [found[n].verdict for n in NAMES[8:]] == ["PASS", "PASS", "PASS", "WARN", "PASS"]
     assert "ma-user" in found["user"].evidence and "java, zip" in found["batch-deps"].evidence
     assert {r.check: r.verdict for r in image_checks(good, probe, Options(batch=True))}["batch-deps"] == "FAIL"
 
@@ -152,7 +152,7 @@ def test_image_facts_without_an_engine() -> None:
 
     probe = Probe(boot_file=False, findings={"password": ["/app/settings.ini"]})
     found = {r.check: r for r in image_checks(bad, probe, Options())}
-    assert [found[n].verdict for n in NAMES[7:]] == ["FAIL", "FAIL", "WARN", "WARN", "WARN"]
+    assert [found[n].verdict for n in NAMES[8:]] == ["FAIL", "FAIL", "WARN", "WARN", "WARN"]
     assert "Entrypoint" in found["boot"].evidence and "/home/run.sh is not in the image" in found["boot"].evidence
     assert "HUAWEICLOUD_SDK_SK" in found["secrets"].evidence and "MY_TOKEN" in found["secrets"].evidence
     assert "/app/settings.ini" in found["secrets"].evidence and "=x" not in found["secrets"].evidence

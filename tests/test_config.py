@@ -26,8 +26,9 @@ def test_mnist_config_declares_the_reference_api() -> None:
     config = load_config(MNIST_DIR / "config.json")
     assert config.raw["model_algorithm"] == "image_classification"
     assert config.raw["model_type"] == "Image"
-    (api,) = config.apis
+    api, live = config.apis
     assert (api.url, api.method, api.protocol) == ("/", "POST", "http")
+    assert (live.url, live.protocol, live.websocket) == ("/ws", "ws", True)  # the same model over WebSocket
     assert api.request_content_type == MULTIPART
     assert api.file_fields == {"images"}
     assert api.response_schema["properties"]["mnist_result"]["type"] == "integer"

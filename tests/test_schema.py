@@ -273,7 +273,7 @@ def test_openapi_path_is_get_only_and_listed(mnist_server: Server) -> None:
     _error(reply, 405, "MASERVE.METHOD_NOT_ALLOWED")
     assert reply.headers["allow"] == "GET, HEAD"
     message = _error(mnist_server.get("/nowhere"), 404, "MASERVE.NOT_FOUND")
-    assert message == "no API at /nowhere; this service answers: POST /, GET /health, GET /openapi.json"
+    assert message == "no API at /nowhere; this service answers: POST /, WebSocket /ws, GET /health, GET /openapi.json"
 
 
 # -- the quick checks never accept what jsonschema refuses -----------------------------------------

@@ -126,7 +126,7 @@ REQUEST_DATA = ("apis", 0, "request", "data")
         ),
         (_set(*REQUEST_DATA, "required", value="images"), "$.apis[0].request.data.required", "not a valid JSON Schema"),
         (_set(*REQUEST_DATA, value=[]), "$.apis[0].request.data", "must be a JSON Schema object"),
-        (lambda c: c["apis"].append(dict(c["apis"][0], method="POST")), "$.apis[1]", "two apis entries declare POST /"),
+        (lambda c: c["apis"].insert(1, dict(c["apis"][0], method="POST")), "$.apis[1]", "two apis entries declare POST /"),
         (_set("health", value="/health"), "$.health", "must be an object"),
         (_drop("health", "url"), "$.health.url", "required"),
         (_set("health", "url", value="health"), "$.health.url", 'must start with "/"'),

@@ -234,3 +234,31 @@ def test_sigterm_sockets_work_through_the_grace_period_then_finish_their_message
     assert code == 1001 and received == [{"events": 1}] and 3 < when < 5  # its message finished first
     code, received, when = outcomes["stuck"]
     assert code == 1001 and received == [] and 6 < when < 8.5  # the end of the drain window (2 + 6 - 1 s)
+
+
+def test_the_mnist_example_over_websocket_png_frames_in_digits_out(tmp_path):
+    """A live drawing or camera feed: PNG frames sent one after another on one socket."""
+    from helpers import MNIST_DIR, heldout, mnist_model_present, png_bytes
+
+    if not mnist_model_present():
+        pytest.skip("examples/mnist/model.onnx is trained separately")
+    images, labels = heldout(50)
+    server = start_server(tmp_path, MNIST_DIR)
+
+    async def go():
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
+            answers = []
+            for image in images:
+                await ws.send(png_bytes(image))
+                answers.append(json.loads(await ws.recv())["mnist_result"])
+            await ws.send(b"not a png")
+            error = json.loads(await ws.recv())
+            return answers, error
+
+    try:
+        answers, error = run(go())
+    finally:
+        server.stop()
+    correct = sum(int(a == b) for a, b in zip(answers, labels))
+    assert correct >= 45, f"{correct}/50 digits right over WebSocket"
+    assert error["error_code"] == "MASERVE.INVALID_IMAGE"

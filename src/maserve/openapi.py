@@ -37,7 +37,8 @@ def openapi_document(config: ModelConfig) -> dict[str, Any]:
     """The OpenAPI 3.1 document for `config`'s apis and health check."""
     paths: dict[str, dict[str, Any]] = {}
     for api in config.apis:
-        paths.setdefault(api.url, {})[api.method.lower()] = _operation(api)
+        if not api.websocket:  # OpenAPI does not describe WebSocket: listed in the description
+            paths.setdefault(api.url, {})[api.method.lower()] = _operation(api)
     health = {
         "summary": "health check: 200 once the model is loaded and warmed up",
         "operationId": "health",
@@ -49,8 +50,14 @@ def openapi_document(config: ModelConfig) -> dict[str, Any]:
     paths.setdefault(config.health_url, {})["get"] = health
     info: dict[str, Any] = {"title": str(config.raw.get("model_algorithm", "model")), "version": "1"}
     metrics = config.raw.get("metrics")
+    notes = []
     if metrics:
-        info["description"] = "metrics: " + ", ".join(f"{k}={v}" for k, v in metrics.items())
+        notes.append("metrics: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
+    sockets = [api.url for api in config.apis if api.websocket]
+    if sockets:
+        notes.append("WebSocket apis (one message in, one or more out): " + ", ".join(sockets))
+    if notes:
+        info["description"] = "; ".join(notes)
     return {
         "openapi": OPENAPI_VERSION,
         "info": info,

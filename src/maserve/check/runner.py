@@ -16,6 +16,7 @@ from maserve.check.streaming import SocketHold, check_streams, check_websockets,
 from maserve.check.static import check_config, check_url_port, wait_listening
 from maserve.check.target import Options, Target, from_url, start_command
 from maserve.config import ConfigError, ModelConfig, load_config, read_config
+from maserve.validate import EVENT_STREAM
 
 __all__ = ["Options", "run"]
 
@@ -51,7 +52,7 @@ def _run_image(options: Options, results: list[Result], config: ModelConfig | No
     except image.EngineError as exc:
         reason = f"the image could not be inspected: {exc}"
         return (results + [Result("port", FAIL, one_line(reason))]
-                + [Result(n, SKIP, reason) for n in HTTP_CHECKS] + image.skipped_image_checks(reason))
+                + [Result(n, SKIP, reason) for n in _http_rows(config)] + image.skipped_image_checks(reason))
     progress("reading the boot file, batch tools, secret-like files and writable paths from the image")
     try:
         probe = image.probe_image(engine, options.image, str((info.get("Config") or {}).get("User") or ""))
@@ -63,7 +64,7 @@ def _run_image(options: Options, results: list[Result], config: ModelConfig | No
     except OSError as exc:
         reason = f"{engine} run failed: {exc}"
         return (results + [Result("port", FAIL, one_line(reason))]
-                + [Result(n, SKIP, reason) for n in HTTP_CHECKS] + static)
+                + [Result(n, SKIP, reason) for n in _http_rows(config)] + static)
     return results + _service_checks(target, options, config, raw, health_path) + static
 
 
@@ -78,7 +79,7 @@ def _service_checks(target: Target, options: Options, config: ModelConfig | None
         results.append(port)
         if not reachable:
             return results + [Result(name, SKIP, "the service never listened on the expected port")
-                              for name in HTTP_CHECKS]
+                              for name in _http_rows(config)]
         results += _http_checks(target, options, config, raw, health_path)
     finally:
         target.cleanup()
@@ -116,6 +117,14 @@ def _http_checks(target: Target, options: Options, config: ModelConfig | None, r
             hold.finish(timeout=10)
         out.insert(out.index(stream) + 1 if stream is not None else 2, judge_hold(websocket, hold))
     return out
+
+
+def _http_rows(config: ModelConfig | None) -> list[str]:
+    """The rows of the HTTP checks: the stream and websocket rows only where config.json has such apis."""
+    apis = config.apis if config is not None else ()
+    extra = ["stream"] if any(a.response_content_type == EVENT_STREAM and not a.websocket for a in apis) else []
+    extra += ["websocket"] if any(a.websocket for a in apis) else []
+    return ["health", "apis", *extra, "logs", "keepalive", "shutdown"]
 
 
 def _config(options: Options) -> ModelConfig | None:

@@ -1,7 +1,8 @@
 """Requests built from a model directory's samples/ folder and the answers they must get.
 
 samples/expected.json maps a sample file to the full JSON answer it must get, for the model's only
-api: {"seven.jpg": {"mnist_result": 7}}. With several apis it maps "METHOD /url" to such a map:
+api (and its WebSocket twins: apis with the same request Content-type served over WebSocket):
+{"seven.jpg": {"mnist_result": 7}}. With several HTTP apis it maps "METHOD /url" to such a map:
 {"POST /": {"seven.jpg": {...}}, "POST /batch": {"two.json": {...}}}. A multipart api gets the file
 in its single {"type": "file"} field; an application/json api gets a .json file as the body. A
 WebSocket api ("WEBSOCKET /ws") gets the file as one message and must answer it with that JSON
@@ -58,9 +59,12 @@ def load_expected(model_dir: Path | None, apis: tuple[ApiSpec, ...]) -> dict[str
         raise SampleError(f"{path}: must be an object")
     if raw and all(_ROUTE_KEY.match(k) and isinstance(v, dict) for k, v in raw.items()):
         return {" ".join([k.split(" ", 1)[0].upper(), k.split(" ", 1)[1]]): v for k, v in raw.items()}
-    if len(apis) > 1:
+    http = [a for a in apis if not a.websocket]
+    if len(http) != 1:
         raise SampleError(f'{path}: with {len(apis)} apis, map "METHOD /url" to {{file: answer}}')
-    return {route(apis[0]): raw}
+    # one HTTP api: the map is for it, and for the WebSocket apis that take the same requests
+    same = [a for a in apis if a.websocket and a.request_content_type == http[0].request_content_type]
+    return {route(api): raw for api in http + same}
 
 
 def build(model_dir: Path, api: ApiSpec, name: str, expected: Any) -> Sample:
