@@ -156,3 +156,33 @@ def test_image_facts_without_an_engine() -> None:
     assert "Entrypoint" in found["boot"].evidence and "/home/run.sh is not in the image" in found["boot"].evidence
     assert "HUAWEICLOUD_SDK_SK" in found["secrets"].evidence and "MY_TOKEN" in found["secrets"].evidence
     assert "/app/settings.ini" in found["secrets"].evidence and "=x" not in found["secrets"].evidence
+
+
+def test_a_script_that_hard_codes_home_mind_model_runs_in_the_image(engine: str, mnist_image: str) -> None:
+    """ModelArts puts the model package at /home/mind/model; scripts open files there by that path.
+    The image serves whatever is there: here a fixture mounted in place of the MNIST model."""
+    import http.client
+    import socket
+    import time
+
+    fixture = ROOT / "tests" / "models" / "compat_hardcoded"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    name = f"maserve-test-hardcoded-{port}"
+    subprocess.run([engine, "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080",
+                    "-v", f"{fixture}:/home/mind/model:ro", mnist_image], check=True, capture_output=True, timeout=120)
+    try:
+        answer, deadline = None, time.monotonic() + 60
+        while answer is None and time.monotonic() < deadline:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("POST", "/", body=json.dumps({"index": 1}), headers={"Content-Type": "application/json"})
+                reply = conn.getresponse()
+                answer = (reply.status, json.loads(reply.read()))
+            except (OSError, http.client.HTTPException, ValueError):
+                time.sleep(0.3)
+        logs = subprocess.run([engine, "logs", name], capture_output=True, text=True, timeout=30)
+        assert answer == (200, {"label": "dog", "model_path": "/home/mind/model"}), logs.stdout + logs.stderr
+    finally:
+        subprocess.run([engine, "rm", "-f", name], capture_output=True, timeout=60)
