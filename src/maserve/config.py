@@ -31,6 +31,9 @@ class ApiSpec:
     request_schema: dict[str, Any]
     response_content_type: str
     response_schema: dict[str, Any]
+    # False when the api has no `request` (a GET such as /v1/models): a body-less call is then
+    # answered with no fields instead of being refused for its missing JSON body.
+    declares_request: bool = True
 
     @property
     def websocket(self) -> bool:
@@ -109,6 +112,7 @@ def _api_spec(api: dict[str, Any]) -> ApiSpec:
         request_schema=request.get("data") or {},
         response_content_type=_content_type(response.get("Content-type", JSON)),
         response_schema=response.get("data") or {},
+        declares_request=bool(api.get("request")),
     )
 
 

@@ -56,6 +56,8 @@ def media_type(content_type: bytes) -> tuple[str, dict[bytes, bytes]]:
 def check_content_type(api: ApiSpec, content_type: bytes) -> bytes | None:
     """Refuse a content type other than the declared one (415); return the multipart boundary."""
     declared = api.request_content_type
+    if not content_type and not api.declares_request:
+        return None  # a body-less call (GET /v1/models); a body still has to be JSON
     value, params = media_type(content_type)
     if value != declared:
         if declared != ANY:
@@ -74,6 +76,8 @@ def check_content_type(api: ApiSpec, content_type: bytes) -> bytes | None:
 def decode(api: ApiSpec, body: bytes, boundary: bytes | None, schema: RequestSchema | None = None) -> Inputs:
     """The request as the model sees it; `schema` is the api's compiled request schema (none: no
     validation beyond the file and required-field checks)."""
+    if not body and not api.declares_request:
+        return _inputs(api, {}, {})
     if api.request_content_type == MULTIPART:
         assert boundary is not None
         files, fields = _parse_multipart(body, boundary)

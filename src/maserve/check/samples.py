@@ -6,7 +6,10 @@ api (and its WebSocket twins: apis with the same request Content-type served ove
 {"POST /": {"seven.jpg": {...}}, "POST /batch": {"two.json": {...}}}. A multipart api gets the file
 in its single {"type": "file"} field; an application/json api gets a .json file as the body. A
 WebSocket api ("WEBSOCKET /ws") gets the file as one message and must answer it with that JSON
-first; a streaming api's events are checked for their form, not their content (`null` is fine).
+first. An answer given as `null` is checked for its form only (status, Content-type, response
+schema; for a WebSocket api, an answer that is not an error message): answers that carry ids or
+times, and streams, whose events are judged by the stream row. An api that declares no request
+(`GET /v1/models`) is called without a body: its map's keys are labels, not files.
 """
 
 from __future__ import annotations
@@ -69,6 +72,8 @@ def load_expected(model_dir: Path | None, apis: tuple[ApiSpec, ...]) -> dict[str
 
 def build(model_dir: Path, api: ApiSpec, name: str, expected: Any) -> Sample:
     """The request that sends sample `name` to `api`."""
+    if not api.declares_request and not api.websocket:
+        return Sample(name, api.method, api.url, None, {}, expected)
     path = model_dir / "samples" / name
     try:
         data = path.read_bytes()

@@ -93,7 +93,8 @@ def check_apis(
     notes = problems + [f"no samples for {r}" for r in missing]
     if sent == 0:
         return Result("apis", WARN, one_line("no samples (samples/expected.json): " + "; ".join(notes)))
-    passed = f"{sent - streamed} sample request(s) answered as expected (status, Content-type, schema, exact answer)"
+    passed = (f"{sent - streamed} sample request(s) answered as expected (status, Content-type, schema, "
+              "the exact answer where expected.json gives one)")
     if streamed:
         passed += f"; {streamed} answered with a stream (see the stream row)"
     if notes:
@@ -116,7 +117,7 @@ def _judge_answer(api: ApiSpec, sample: Sample, status: int, ctype: str, body: b
     for error in list(validator(api.response_schema).iter_errors(value))[:3]:
         where = "/".join(map(str, error.absolute_path)) or "root"
         out.append(f"breaks the response schema: {error.message} (at {where})")
-    if value != sample.expected:
+    if sample.expected is not None and value != sample.expected:
         out.append(f"answered {json.dumps(value)[:100]}, expected {json.dumps(sample.expected)[:100]}")
     return out
 
