@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402  (bench/report.py: replace_section)
 import run  # noqa: E402  (bench/run.py: server specs, start/stop, wrk, CPU time)
 
 BEGIN, END = "<!-- bench/batch.py -->", "<!-- /bench/batch.py -->"
@@ -132,10 +133,10 @@ def main(argv: list[str]) -> int:
         run.stop_server(proc, server)
         for root in destinations.values():
             shutil.rmtree(root, ignore_errors=True)
-    report = render(args, rounds, costs)
-    print(report)
+    text = render(args, rounds, costs)
+    print(text)
     if args.output:
-        replace_section(args.output, report)
+        report.replace_section(args.output, text, BEGIN, END)
     return 0
 
 
@@ -166,15 +167,6 @@ def render(args: argparse.Namespace, rounds: list[tuple[float, dict]], costs: di
                      "of CPU, measured before the rounds")
     lines.append(END)
     return "\n".join(lines)
-
-
-def replace_section(path: Path, report: str) -> None:
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + report + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + report + "\n"
-    path.write_text(text)
 
 
 if __name__ == "__main__":

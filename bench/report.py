@@ -227,3 +227,14 @@ def reproduce_line(argv: list[str]) -> str:
     return f"`{cmd}`"
 
 
+
+
+def replace_section(path: Path, report: str, begin: str, end: str) -> None:
+    """Put `report` (which starts with `begin` and ends with `end`) in place of that section of
+    `path`, or at its end: each benchmark owns one section of bench/RESULTS.md."""
+    text = path.read_text() if path.exists() else ""
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + report + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + report + "\n"
+    path.write_text(text)

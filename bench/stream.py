@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402  (bench/report.py: replace_section)
 import run  # noqa: E402  (bench/run.py: revision, CPU model, log)
 import servers  # noqa: E402  (bench/servers.py: free_port)
 
@@ -199,10 +200,10 @@ def main(argv: list[str]) -> int:
             else:
                 got[kind] = in_process_round(body, args.concurrency, args.streams, args.workers)
         results.append((got["served"], got["in-process"]))
-    report = render(args, results)
-    print(report)
+    text = render(args, results)
+    print(text)
     if args.output:
-        replace_section(args.output, report)
+        report.replace_section(args.output, text, BEGIN, END)
     return 0
 
 
@@ -267,15 +268,6 @@ def render(args: argparse.Namespace, results: list[tuple[dict, dict]]) -> str:
         END,
     ]
     return "\n".join(lines)
-
-
-def replace_section(path: Path, report: str) -> None:
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + report + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + report + "\n"
-    path.write_text(text)
 
 
 if __name__ == "__main__":

@@ -168,8 +168,7 @@ class MaserveApp:
                 content_length = int(value) if value.isdigit() else None
             elif name == b"x-request-id":
                 request_id = value
-        if not _REQUEST_ID.fullmatch(request_id):
-            request_id = self._new_request_id()
+        request_id = self._checked_request_id(request_id)
         method: str = scope["method"]
         path: str = scope["path"]
         error: ServiceError | None = None
@@ -340,9 +339,13 @@ class MaserveApp:
     def request_id(self, scope: Scope) -> bytes:
         """The caller's X-Request-Id when it is safe to log, else a new one."""
         for name, value in scope["headers"]:
-            if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
-                return value
+            if name == b"x-request-id":
+                return self._checked_request_id(value)
         return self._new_request_id()
+
+    def _checked_request_id(self, given: bytes) -> bytes:
+        """The caller's id when it is safe to log (short, printable), else a new one."""
+        return given if _REQUEST_ID.fullmatch(given) else self._new_request_id()
 
     async def wait_ready(self) -> bool:
         """Wait (up to the request timeout) for this worker's model; False if it is still loading."""

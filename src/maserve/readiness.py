@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+from typing import Callable
 
 
 class StartupGate:
@@ -62,6 +63,15 @@ class Drain:
     def __init__(self) -> None:
         self.deadline: float | None = None
         self.started: asyncio.Event | None = None  # made on the worker's loop
+        self._watchers: set[Callable[[], None]] = set()
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (on the loop) when the drain begins: cheaper per event than a task
+        waiting on `event()`."""
+        self._watchers.add(callback)
+
+    def unwatch(self, callback: Callable[[], None]) -> None:
+        self._watchers.discard(callback)
 
     def event(self) -> asyncio.Event:
         if self.started is None:
@@ -74,3 +84,5 @@ class Drain:
             margin = min(self.MARGIN_SECONDS, seconds / 2)
             self.deadline = asyncio.get_running_loop().time() + seconds - margin
             self.event().set()
+            for callback in list(self._watchers):
+                callback()

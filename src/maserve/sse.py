@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -44,10 +45,17 @@ _to_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
 DONE = object()  # the iterator is exhausted
 
 
+PER_EVENT, WHOLE_STREAM, DRAIN = "per_event", "whole_stream", "drain"  # the limits a stream runs under
+
+
 class StreamTimeout(InferenceTimeout):
     """No next event within the per-event timeout, or the whole stream past its bound."""
 
     error_code = "MASERVE.STREAM_TIMEOUT"
+
+    def __init__(self, message: str, limit: str = PER_EVENT) -> None:
+        super().__init__(message)
+        self.limit = limit  # PER_EVENT or WHOLE_STREAM
 
 
 def is_stream(result: Any) -> bool:
@@ -77,21 +85,50 @@ def error_event(error: ServiceError) -> bytes:
 
 
 class EventSource:
-    """The model's iterator, advanced one item at a time off (sync) or on (async) the event loop."""
+    """The model's iterator, advanced one item at a time off (sync) or on (async) the event loop.
+
+    A sync generator's `next()` runs in a stream thread, which hands the item back with one
+    `call_soon_threadsafe` (no concurrent.futures Future chained to an asyncio one: this hop is
+    paid per event). `close()` never runs the generator in two threads: while a `next()` is in
+    progress, the thread that runs it closes the generator when it returns.
+    """
 
     def __init__(self, iterator: Iterator[Any] | AsyncIterator[Any], executor: Executor) -> None:
         self._iterator = iterator
         self._executor = executor
         self._pending: asyncio.Future[Any] | None = None  # the item being produced
+        self._lock = threading.Lock()
+        self._running = False  # a stream thread is in next() (guarded by _lock)
+        self._closed = False
 
     def next_item(self) -> asyncio.Future[Any]:
         """A future of the next item (or DONE); a model exception becomes a ModelError."""
         if isinstance(self._iterator, AsyncIterator):
             self._pending = asyncio.ensure_future(_anext(self._iterator))
-        else:
-            loop = asyncio.get_running_loop()
-            self._pending = loop.run_in_executor(self._executor, _next, self._iterator)
-        return self._pending
+            return self._pending
+        loop = asyncio.get_running_loop()
+        future = self._pending = loop.create_future()
+        with self._lock:
+            self._running = True
+        self._executor.submit(self._advance, loop, future)
+        return future
+
+    def _advance(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> None:
+        """In a stream thread: one `next()`, its outcome handed to the loop."""
+        try:
+            item, failure = _next(self._iterator), None
+        except BaseException as exc:  # a ServiceError (ModelError already logged), or the thread's end
+            item, failure = None, exc
+        with self._lock:
+            self._running = False
+            closed = self._closed
+        if closed:  # nobody waits for this item any more
+            _close(self._iterator)
+            item, failure = DONE, None
+        try:
+            loop.call_soon_threadsafe(_settle, future, item, failure)
+        except RuntimeError:  # the loop is closed: the worker has stopped
+            pass
 
     def close(self) -> None:
         """Stop the generator without waiting: after the item in progress, if one is (a sync
@@ -101,13 +138,32 @@ class EventSource:
             task = asyncio.ensure_future(_cancel_and_close(pending, self._iterator))
             _closing.add(task)  # held until done: the loop keeps only weak references to tasks
             task.add_done_callback(_closing.discard)
-        elif pending is not None and not pending.done():
-            pending.add_done_callback(lambda _: self._executor.submit(_close, self._iterator))
-        else:
+            return
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            running = self._running
+        if not running:
             self._executor.submit(_close, self._iterator)
 
 
 _closing: set[asyncio.Future[Any]] = set()
+
+
+def _settle(future: asyncio.Future[Any], item: Any, failure: BaseException | None) -> None:
+    if future.done():  # cancelled by a caller that stopped waiting
+        return
+    if failure is not None:
+        future.set_exception(failure)
+    else:
+        future.set_result(item)
+
+
+def stream_failure(exc: Exception) -> ModelError:
+    """A model exception raised while streaming, logged with its traceback, as a ModelError."""
+    log.exception("the model's stream raised an exception")
+    return ModelError(f"the model failed while streaming: {type(exc).__name__}")
 
 
 def _next(iterator: Iterator[Any]) -> Any:
@@ -118,8 +174,7 @@ def _next(iterator: Iterator[Any]) -> Any:
     except ServiceError:
         raise
     except Exception as exc:
-        log.exception("the model's stream raised an exception")
-        raise ModelError(f"the model failed while streaming: {type(exc).__name__}") from None
+        raise stream_failure(exc) from None
 
 
 async def _anext(iterator: AsyncIterator[Any]) -> Any:
@@ -130,8 +185,7 @@ async def _anext(iterator: AsyncIterator[Any]) -> Any:
     except ServiceError:
         raise
     except Exception as exc:
-        log.exception("the model's stream raised an exception")
-        raise ModelError(f"the model failed while streaming: {type(exc).__name__}") from None
+        raise stream_failure(exc) from None
 
 
 def _close(iterator: Iterator[Any]) -> None:
@@ -170,47 +224,67 @@ class Deadlines:
     drain window once the worker's stop begins, even while an event is awaited."""
 
     def __init__(self, per_event: float, whole: float, drain: Drain) -> None:
-        self._time = asyncio.get_running_loop().time
+        self._loop = asyncio.get_running_loop()
+        self._time = self._loop.time
         self.per_event = per_event
         self.whole_deadline = self._time() + whole
         self.whole = whole
         self._drain = drain
 
-    def _limit(self, waiting_since: float) -> tuple[float, ServiceError]:
-        """Seconds left to wait, and the error to end with when they pass."""
+    def _limit(self, waiting_since: float) -> tuple[float, str]:
+        """Seconds left to wait, and which limit passes when they do."""
         now = self._time()
-        wait = waiting_since + self.per_event - now
-        error: ServiceError = StreamTimeout(f"no event within {self.per_event:g} s (MASERVE_REQUEST_TIMEOUT_SECONDS)")
+        wait, limit = waiting_since + self.per_event - now, PER_EVENT
         if self.whole_deadline - now < wait:
-            wait = self.whole_deadline - now
-            error = StreamTimeout(f"the stream ran past {self.whole:g} s (MASERVE_STREAM_TIMEOUT_SECONDS)")
+            wait, limit = self.whole_deadline - now, WHOLE_STREAM
         drain = self._drain.deadline
         if drain is not None and drain - now < wait:
-            wait = drain - now
-            error = ServiceStopping("the service is stopping: the stream ran past the drain window")
-        return max(0.0, wait), error
+            wait, limit = drain - now, DRAIN
+        return wait, limit
+
+    def _error(self, limit: str) -> ServiceError:
+        if limit == PER_EVENT:
+            return StreamTimeout(f"no event within {self.per_event:g} s (MASERVE_REQUEST_TIMEOUT_SECONDS)",
+                                 limit=PER_EVENT)
+        if limit == WHOLE_STREAM:
+            return StreamTimeout(f"the stream ran past {self.whole:g} s (MASERVE_STREAM_TIMEOUT_SECONDS)",
+                                 limit=WHOLE_STREAM)
+        return ServiceStopping("the service is stopping: the stream ran past the drain window")
 
     async def wait(self, future: asyncio.Future[Any], disconnected: asyncio.Future[Any]) -> Any:
-        """`future`'s result, or ClientDisconnected, or the ServiceError of the limit that passed first."""
+        """`future`'s result, or ClientDisconnected, or the ServiceError of the limit that passed first.
+
+        Paid once per event: one waiter future woken by plain callbacks (the item, the client
+        leaving, the drain starting, a timer), not asyncio.wait and a task per call."""
         since = self._time()
         while True:
-            wait, error = self._limit(since)
-            waiting: set[asyncio.Future[Any]] = {future, disconnected}
-            drain_started = None
-            if self._drain.deadline is None:  # wake up when the drain starts: the limit shrinks
-                drain_started = asyncio.ensure_future(self._drain.event().wait())
-                waiting.add(drain_started)
-            try:
-                done, _ = await asyncio.wait(waiting, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                if drain_started is not None:
-                    drain_started.cancel()
-            if future in done:
+            if future.done():
                 return future.result()  # raises the model's failure
-            if disconnected in done:
+            if disconnected.done():
                 raise ClientDisconnected()
-            if not done:
-                raise error
+            wait, limit = self._limit(since)
+            if wait <= 0:
+                raise self._error(limit)
+            waiter = self._loop.create_future()
+
+            def wake(_: Any = None, waiter: asyncio.Future[Any] = waiter) -> None:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+            future.add_done_callback(wake)
+            disconnected.add_done_callback(wake)
+            timer = self._loop.call_later(wait, wake)
+            watching_drain = self._drain.deadline is None  # the drain shortens the limit: wake up
+            if watching_drain:
+                self._drain.watch(wake)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                future.remove_done_callback(wake)
+                disconnected.remove_done_callback(wake)
+                if watching_drain:
+                    self._drain.unwatch(wake)
 
 
 async def first_item(source: EventSource, deadlines: Deadlines, disconnected: asyncio.Future[Any]) -> Any:
@@ -218,9 +292,9 @@ async def first_item(source: EventSource, deadlines: Deadlines, disconnected: as
     try:
         return await await_item(source, deadlines, disconnected)
     except StreamTimeout as exc:
-        if "MASERVE_REQUEST_TIMEOUT_SECONDS" in exc.message:
+        if exc.limit == PER_EVENT:
             raise StreamTimeout(f"no first event within {deadlines.per_event:g} s "
-                                "(MASERVE_REQUEST_TIMEOUT_SECONDS)") from None
+                                "(MASERVE_REQUEST_TIMEOUT_SECONDS)", limit=PER_EVENT) from None
         raise
 
 

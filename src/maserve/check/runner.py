@@ -20,7 +20,6 @@ from maserve.validate import EVENT_STREAM
 
 __all__ = ["Options", "run"]
 
-HTTP_CHECKS = ("health", "apis", "logs", "keepalive", "shutdown")
 # The image checks (boot, size, user, batch-deps, secrets) are only reported for --image: the
 # reports of URL and --cmd targets keep exactly the seven checks their consumers (and tests) expect.
 # Set this to True to list them as SKIP there instead.
