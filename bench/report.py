@@ -65,13 +65,13 @@ def missing_modules(python: Path, modules: list[str]) -> list[str]:
         return list(modules)
 
 
-def git_revision() -> str:
+def git_revision(checkout: Path = REPO) -> str:
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True,
                              text=True, timeout=10)
         if rev.returncode != 0:
             return "no commit yet"
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True,
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=checkout, capture_output=True,
                                text=True, timeout=10)
         return rev.stdout.strip() + (" (uncommitted changes)" if dirty.stdout.strip() else "")
     except (OSError, subprocess.TimeoutExpired):

@@ -14,6 +14,10 @@ events; reported are p50/p99 of both and the items per second, with the ratios s
 
     .venv/bin/python bench/stream.py                            # 64 streams at a time, 256 in all
     .venv/bin/python bench/stream.py --output bench/RESULTS.md  # replaces the stream section there
+    .venv/bin/python bench/stream.py --before /tmp/before       # and served by another checkout (A/B)
+
+Served rounds also report the server's CPU time per event (every process and thread of the server,
+from /proc): steadier than events/s on a busy machine.
 """
 
 from __future__ import annotations
@@ -101,15 +105,20 @@ async def _served(port: int, payload: bytes, concurrency: int, total: int) -> tu
     return ttfe, gaps, events, time.perf_counter() - started
 
 
-def served_round(port: int, body: dict, concurrency: int, total: int) -> dict:
+def served_round(proc: subprocess.Popen, port: int, body: dict, concurrency: int, total: int) -> dict:
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    ttfe, gaps, events, wall = asyncio.run(_served(port, json.dumps(body).encode(), concurrency, total))
-    return summary(ttfe, gaps, events, wall)
+    payload = json.dumps(body).encode()
+    asyncio.run(_served(port, payload, concurrency, concurrency))  # warm-up: every worker's first streams
+    cpu = servers.cpu_seconds(proc.pid)
+    ttfe, gaps, events, wall = asyncio.run(_served(port, payload, concurrency, total))
+    result = summary(ttfe, gaps, events, wall)
+    result["cpu_us"] = (servers.cpu_seconds(proc.pid) - cpu) / max(1, events) * 1e6
+    return result
 
 
 # -- in process -----------------------------------------------------------------------------------
@@ -182,24 +191,27 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--before", type=Path, metavar="DIR",
+                        help="also serve from the maserve checkout DIR (its src/), e.g. a git worktree: A/B")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
     body = request_body(args.max_tokens)
-    results: list[tuple[dict, dict]] = []
+    results: list[dict[str, dict]] = []
+    kinds = ["served", *(["before"] if args.before else []), "in-process"]
     for index in range(args.rounds):
-        order = ("served", "in-process") if index % 2 == 0 else ("in-process", "served")
+        order = kinds if index % 2 == 0 else kinds[::-1]
         got: dict[str, dict] = {}
         for kind in order:
             run.log(f"round {index + 1}: {kind}")
-            if kind == "served":
-                proc, port = start_chat(args.workers)
-                try:
-                    got[kind] = served_round(port, body, args.concurrency, args.streams)
-                finally:
-                    stop_chat(proc)
-            else:
+            if kind == "in-process":
                 got[kind] = in_process_round(body, args.concurrency, args.streams, args.workers)
-        results.append((got["served"], got["in-process"]))
+                continue
+            proc, port = start_chat(args.workers, args.before if kind == "before" else None)
+            try:
+                got[kind] = served_round(proc, port, body, args.concurrency, args.streams)
+            finally:
+                stop_chat(proc)
+        results.append(got)
     text = render(args, results)
     print(text)
     if args.output:
@@ -207,13 +219,15 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def start_chat(workers: int) -> tuple[subprocess.Popen, int]:
-    """`maserve serve examples/chat` on a free port, once healthy."""
+def start_chat(workers: int, checkout: Path | None = None) -> tuple[subprocess.Popen, int]:
+    """`maserve serve examples/chat` (from `checkout`'s src/ when given) on a free port, once healthy."""
     port = servers.free_port()
     out = tempfile.NamedTemporaryFile(prefix="bench-stream-", suffix=".log", delete=False)
     env = {**os.environ, "MASERVE_HOST": "127.0.0.1", "MASERVE_PORT": str(port), "MASERVE_WORKERS": str(workers),
            "MASERVE_GRACE_SECONDS": "0"}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "maserve"), "serve", str(CHAT_DIR)], env=env,
+    if checkout is not None:
+        env["PYTHONPATH"] = str(checkout.resolve() / "src")
+    proc = subprocess.Popen([sys.executable, "-m", "maserve", "serve", str(CHAT_DIR)], env=env,
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -237,8 +251,9 @@ def stop_chat(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
-def render(args: argparse.Namespace, results: list[tuple[dict, dict]]) -> str:
+def render(args: argparse.Namespace, results: list[dict[str, dict]]) -> str:
     ms = lambda s: f"{s * 1000:.1f}"  # noqa: E731
+    before = f"served by {args.before} (revision {run.git_revision(args.before)})" if args.before else ""
     lines = [
         BEGIN,
         "## Streaming: 64 concurrent SSE streams of the chat model (bench/stream.py)",
@@ -247,26 +262,39 @@ def render(args: argparse.Namespace, results: list[tuple[dict, dict]]) -> str:
         f"thread per worker), {args.workers} workers; {args.concurrency} streams at a time, {args.streams} per "
         f"round, {args.max_tokens} tokens each (OpenAI `stream: true`, each a `chat.completion.chunk` event). "
         f"In process: {args.workers} processes advancing {args.concurrency // args.workers} generators each "
-        "round-robin (no HTTP): the limit. TTFE: start of a stream to its first event; gap: between events.",
+        "round-robin (no HTTP): the limit. TTFE: start of a stream to its first event; gap: between events; "
+        "server CPU: every process and thread of the server per event sent"
+        + (f"; before: {before}." if before else "."),
         "",
-        "| round | | TTFE p50 ms | TTFE p99 ms | gap p50 ms | gap p99 ms | events/s |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "| round | | TTFE p50 ms | TTFE p99 ms | gap p50 ms | gap p99 ms | events/s | server CPU us/event |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    ratios = []
-    for i, (served, limit) in enumerate(results, 1):
-        for name, r in (("served", served), ("in process", limit)):
-            rate = r["events"] / (r["stream_s"] * r["streams"] / args.concurrency)
-            r["rate"] = rate
+    names = {"served": "served", "before": "served (before)", "in-process": "in process"}
+    ratios, versus = [], []
+    for i, got in enumerate(results, 1):
+        for kind, name in names.items():
+            if kind not in got:
+                continue
+            r = got[kind]
+            r["rate"] = r["events"] / (r["stream_s"] * r["streams"] / args.concurrency)
+            cpu = f"{r['cpu_us']:.0f}" if "cpu_us" in r else ""
             lines.append(f"| {i} | {name} | {ms(r['ttfe_p50'])} | {ms(r['ttfe_p99'])} | {ms(r['gap_p50'])} | "
-                         f"{ms(r['gap_p99'])} | {rate:,.0f} |")
+                         f"{ms(r['gap_p99'])} | {r['rate']:,.0f} | {cpu} |")
+        served, limit = got["served"], got["in-process"]
         ratios.append({k: served[k] / limit[k] for k in ("ttfe_p50", "ttfe_p99", "gap_p99", "rate")})
+        if "before" in got:
+            versus.append({k: served[k] / got["before"][k] for k in ("rate", "cpu_us", "gap_p99")})
     med = {k: statistics.median(r[k] for r in ratios) for k in ratios[0]}
     lines += [
         "",
         f"Served / in process (median of rounds): TTFE p50 {med['ttfe_p50']:.2f}x, TTFE p99 {med['ttfe_p99']:.2f}x, "
         f"gap p99 {med['gap_p99']:.2f}x, events/s {med['rate']:.2f}x.",
-        END,
     ]
+    if versus:
+        vs = {k: statistics.median(r[k] for r in versus) for k in versus[0]}
+        lines.append(f"Served / served before (median of rounds): events/s {vs['rate']:.2f}x, server CPU per event "
+                     f"{vs['cpu_us']:.2f}x, gap p99 {vs['gap_p99']:.2f}x.")
+    lines.append(END)
     return "\n".join(lines)
 
 
