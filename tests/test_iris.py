@@ -89,6 +89,12 @@ def test_heldout_accuracy_matches_the_metrics_in_config(iris_server: Server) -> 
             "field 'features': [5.1, \"3.5\", 1.4, 0.2] is not valid: '3.5' is not of type 'number' (at $.features[1])",
         ),
         ({"petals": [1, 2, 3, 4]}, "MASERVE.MISSING_FIELD", "missing required field 'features'"),
+        (  # what a fuzzer found: float32 overflows to inf and the probabilities came out NaN
+            {"features": [1e300, 3.5, 1.4, 0.2]},
+            "MASERVE.INVALID_FIELD",
+            "field 'features': [1e+300, 3.5, 1.4, 0.2] is not valid: 1e+300 is greater than the maximum of 100 "
+            "(at $.features[0])",
+        ),
     ],
 )
 def test_schema_violations(iris_server: Server, value: Any, code: str, message: str) -> None:

@@ -80,7 +80,8 @@ def test_a_failure_after_the_first_event_ends_the_stream_with_an_error_event(ser
 def test_nan_in_an_item_is_an_error_event_never_invalid_json(server):
     _, got = stream(server.port, "/stream", {"count": 3, "bad_at": 1})
     assert [e.name for e in got] == ["message", "error"]
-    assert "not JSON-serialisable" in got[-1].json()["error_msg"]
+    error = got[-1].json()
+    assert error["error_code"] == "MASERVE.INVALID_RESPONSE" and "NaN at $.value" in error["error_msg"]
     for event in got:
         json.loads(event.data)  # strict parse: NaN would already have failed in the client
 

@@ -64,7 +64,7 @@ def test_a_bad_message_gets_an_error_message_and_the_socket_stays_open(server):
             assert json.loads(await ws.recv())["error_code"] == "MASERVE.INVALID_FIELD"
             await ws.send(json.dumps({"count": 1, "nan": True}))
             error = json.loads(await ws.recv())  # strict: NaN would not parse as JSON here
-            assert error["error_code"] == "MASERVE.MODEL_ERROR" and "not JSON-serialisable" in error["error_msg"]
+            assert error["error_code"] == "MASERVE.INVALID_RESPONSE" and "NaN at $.value" in error["error_msg"]
             await ws.send(json.dumps({"count": 3, "fail_at": 1}))
             assert json.loads(await ws.recv())["index"] == 0
             assert json.loads(await ws.recv())["error_code"] == "MASERVE.MODEL_ERROR"

@@ -94,3 +94,11 @@ class UpgradeRequired(ServiceError):
 
     status = 426
     error_code = "MASERVE.UPGRADE_REQUIRED"
+
+
+class InvalidResponse(ServiceError):
+    """The model answered something its own config.json rules out, or that is not JSON: the
+    server's fault, not the caller's."""
+
+    status = 500
+    error_code = "MASERVE.INVALID_RESPONSE"

@@ -23,7 +23,7 @@ from jsonschema.exceptions import best_match
 from jsonschema.validators import validator_for
 
 from maserve.config import JSON, MULTIPART, ApiSpec, ConfigError
-from maserve.errors import InvalidInput, ServiceError
+from maserve.errors import InvalidInput, InvalidResponse, ServiceError  # noqa: F401  (InvalidResponse: re-exported)
 
 FILE_TYPE = "file"
 # Longest rendering of an offending value or rule in an error message; the rest becomes "...".
@@ -31,13 +31,6 @@ _MAX_SHOWN = 120
 
 Converter = Callable[[str], Any]
 Check = Callable[[Any], bool]
-
-
-class InvalidResponse(ServiceError):
-    """The model answered something its own config.json rules out: the server's fault, not the caller's."""
-
-    status = 500
-    error_code = "MASERVE.INVALID_RESPONSE"
 
 
 def _is_file(schema: Any) -> bool:

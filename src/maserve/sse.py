@@ -20,7 +20,6 @@ items, cancellation) reaches the model within the item it is producing.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -31,6 +30,7 @@ from typing import Any, Awaitable, Callable
 from maserve.readiness import Drain
 
 from maserve.errors import InferenceTimeout, ModelError, ServiceError, ServiceStopping
+from maserve.jsonout import to_json
 
 log = logging.getLogger("maserve.app")
 
@@ -40,8 +40,6 @@ STREAM_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-# Strict JSON for events: NaN or Infinity in an item ends the stream with an error event instead.
-_to_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
 DONE = object()  # the iterator is exhausted
 
 
@@ -71,10 +69,7 @@ def encode_event(item: Any) -> bytes:
         except UnicodeDecodeError:
             raise ModelError("the model streamed bytes that are not UTF-8 text") from None
     if not isinstance(item, str):
-        try:
-            item = _to_json(item)
-        except (TypeError, ValueError) as exc:
-            raise ModelError(f"the model streamed an item that is not JSON-serialisable: {exc}") from None
+        item = to_json(item, "streamed item")  # strict: NaN ends the stream with an error event
     lines = item.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     return "".join(f"data: {line}\n" for line in lines).encode(errors="backslashreplace") + b"\n"
 

@@ -19,15 +19,15 @@ period; at the drain an idle socket is closed at once and a busy one when its me
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from uvicorn.protocols.utils import ClientDisconnected
 
 from maserve.decode import decode_message
-from maserve.errors import InferenceTimeout, ModelError, ModelNotReady, NotFound, ServiceError, ServiceStopping
+from maserve.errors import InferenceTimeout, ModelNotReady, NotFound, ServiceError, ServiceStopping
 from maserve.http.calls import Route, call_model
+from maserve.jsonout import to_json  # strict: NaN or Infinity is an error message, not invalid JSON
 from maserve.sse import DONE, Deadlines, EventSource, StreamTimeout, await_item, is_stream
 
 if TYPE_CHECKING:
@@ -40,8 +40,6 @@ Send = Callable[[Message], Awaitable[None]]
 WS_PROTOCOLS = ("ws", "wss")
 GOING_AWAY = 1001  # RFC 6455: the server is going down
 NORMAL = 1000
-# Strict JSON: NaN or Infinity in an answer is an error message, not invalid JSON.
-_to_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
 
 
 def outgoing(item: Any) -> Message:
@@ -50,10 +48,7 @@ def outgoing(item: Any) -> Message:
         return {"type": "websocket.send", "bytes": bytes(item)}
     if isinstance(item, str):
         return {"type": "websocket.send", "text": item}
-    try:
-        return {"type": "websocket.send", "text": _to_json(item)}
-    except (TypeError, ValueError) as exc:
-        raise ModelError(f"the model's answer is not JSON-serialisable: {exc}") from None
+    return {"type": "websocket.send", "text": to_json(item)}
 
 
 def error_message(error: ServiceError) -> Message:

@@ -16,16 +16,13 @@ from typing import Any, Callable
 from maserve.config import ApiSpec
 from maserve.decode import decode
 from maserve.errors import ModelError, ServiceError
+from maserve.jsonout import to_json
 from maserve.logs import fields
 from maserve.model import Model
 from maserve.schema import RequestSchema, ResponseSchema
 from maserve.validate import EVENT_STREAM
 
 log = logging.getLogger("maserve.app")
-
-# Non-ASCII text as UTF-8 characters, as the platform's runtimes write it (labels in Chinese are
-# common), not \uXXXX escapes; the encoder built once (json.dumps sets one up on every call).
-_to_json = json.JSONEncoder(ensure_ascii=False).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +91,7 @@ def _checked_batch(model: Model, items: list[Any]) -> list[Any]:
 
 def encode(route: Route, result: Any) -> bytes:
     """The model's answer as JSON bytes in UTF-8 (checked against the response schema, if asked)."""
-    try:
-        encoded = _to_json(result).encode()
-    except (TypeError, ValueError) as exc:  # UnicodeEncodeError (a lone surrogate) is a ValueError
-        raise ModelError(f"the model's answer is not JSON-serialisable: {exc}") from None
+    encoded = to_json(result).encode()
     if route.response is not None:
         try:
             route.response.check(json.loads(encoded))  # as sent: tuples are arrays, keys strings
