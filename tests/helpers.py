@@ -191,8 +191,10 @@ def start_server(
     wait: bool = True,
     https: bool = False,
     unset: tuple[str, ...] = (),
+    ulimit: str | None = None,
 ) -> Server:
-    """Start image/run.sh; `env` adds to (or overrides) the defaults, `unset` removes variables."""
+    """Start image/run.sh; `env` adds to (or overrides) the defaults, `unset` removes variables,
+    `ulimit` (e.g. "-n 256") is applied by the shell first: a limit for the server, not the tests."""
     port = free_port()
     full_env = {
         **os.environ,
@@ -210,8 +212,9 @@ def start_server(
         port = 8080  # the server's own default
     log_path = tmp_path / f"server-{port}.log"
     with open(log_path, "ab") as log_file:  # O_APPEND: several processes write lines to it
+        command = ["sh", str(RUN_SH)] if ulimit is None else ["sh", "-c", f'ulimit {ulimit} && exec sh "$0"', str(RUN_SH)]
         proc = subprocess.Popen(
-            ["sh", str(RUN_SH)], env=full_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            command, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
         )
     server = Server(proc, port, log_path, https=https)
     if wait:

@@ -113,7 +113,7 @@ def read_request(fields: dict[str, Any]) -> ChatRequest:
         prompt = messages_to_prompt(messages)
     except ValueError as exc:
         raise InvalidInput(str(exc), error_code="MASERVE.INVALID_FIELD") from None
-    max_tokens = _get(fields, "max_completion_tokens", _get(fields, "max_tokens", DEFAULT_MAX_TOKENS))
+    max_tokens = _as_int(_get(fields, "max_completion_tokens", _get(fields, "max_tokens", DEFAULT_MAX_TOKENS)))
     if not _is_int(max_tokens) or not 1 <= max_tokens <= MAX_TOKENS:
         raise InvalidInput(f"'max_tokens' must be an integer from 1 to {MAX_TOKENS}, got {max_tokens!r}",
                            error_code="MASERVE.INVALID_FIELD")
@@ -126,7 +126,7 @@ def read_request(fields: dict[str, Any]) -> ChatRequest:
     if not isinstance(stop, list) or len(stop) > MAX_STOPS or not all(isinstance(s, str) for s in stop):
         raise InvalidInput(f"'stop' must be a string or a list of at most {MAX_STOPS} strings",
                            error_code="MASERVE.INVALID_FIELD")
-    seed = _get(fields, "seed", None)
+    seed = _as_int(_get(fields, "seed", None))
     if seed is not None and not _is_int(seed):
         raise InvalidInput(f"'seed' must be an integer, got {seed!r}", error_code="MASERVE.INVALID_FIELD")
     return ChatRequest(prompt=prompt, max_tokens=max_tokens, temperature=float(temperature),
@@ -140,3 +140,8 @@ def _get(fields: dict[str, Any], name: str, default: Any) -> Any:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _as_int(value: Any) -> Any:
+    """JSON Schema's integers include 493.0 (so does the request check): take it as 493."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value

@@ -33,11 +33,12 @@ from maserve.errors import (
     ModelNotReady,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     ServiceError,
     UpgradeRequired,
 )
 from maserve.http.batcher import Batcher
-from maserve.http.body import ClientGone, read_body
+from maserve.http.body import BODY_TIMEOUT_STATE, ClientGone, read_body
 from maserve.http.calls import Route, predict_one, start_stream
 from maserve.logs import ACCESS_LOGGER, IterationLog, fields, flush_handlers
 from maserve.model import Model, load_model, serves_batches
@@ -196,7 +197,12 @@ class MaserveApp:
             if isinstance(exc, PayloadTooLarge) and not self.stopping.is_set():
                 headers.append(_CLOSE_HEADER)  # the rest of the body is not worth reading
         except ClientGone:
-            self.log_request(request_id, method, path, 499, started, 0, None)
+            timed_out = scope.get("state", {}).get(BODY_TIMEOUT_STATE)
+            if timed_out is None:
+                self.log_request(request_id, method, path, 499, started, 0, None)
+            else:  # maserve.http.protocol answered 408 and closed the connection
+                self.log_request(request_id, method, path, 408, started, 0, RequestTimeout(
+                    f"the request's body did not arrive within {timed_out:g} s (MASERVE_BODY_TIMEOUT_SECONDS)"))
             return
         except Exception:
             log.exception("unexpected error", extra=fields(request_id=request_id.decode()))

@@ -102,3 +102,24 @@ class InvalidResponse(ServiceError):
 
     status = 500
     error_code = "MASERVE.INVALID_RESPONSE"
+
+
+class Overloaded(ServiceError):
+    """The worker is at its cap of connections or of requests in flight: retry shortly."""
+
+    status = 503
+    error_code = "MASERVE.OVERLOADED"
+
+
+class RequestTimeout(ServiceError):
+    """The request's headers or body did not arrive in time (a stalled or very slow client)."""
+
+    status = 408
+    error_code = "MASERVE.REQUEST_TIMEOUT"
+
+
+class OutOfMemory(ServiceError):
+    """The model raised MemoryError: this request fails, and its worker restarts."""
+
+    status = 500
+    error_code = "MASERVE.OUT_OF_MEMORY"

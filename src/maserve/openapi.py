@@ -11,6 +11,7 @@ from typing import Any
 
 from maserve.config import ApiSpec, ModelConfig
 from maserve.schema import FILE_TYPE
+from maserve.validate import EVENT_STREAM, JSON
 
 OPENAPI_URL = "/openapi.json"
 OPENAPI_VERSION = "3.1.0"
@@ -30,6 +31,33 @@ _ERRORS = {
     "500": "the model failed, or its answer broke the response schema",
     "503": "the model is still loading",
     "504": "the inference took longer than MASERVE_REQUEST_TIMEOUT_SECONDS",
+}
+
+# One event of a `text/event-stream` answer, as SSE parsers read it ({"event", "data"}; the event
+# type is "message" when the server sends none). Open API 3.1 has no word for a stream's items, so
+# `schema` describes one event, as Open API 3.2's `itemSchema` does and tools read 3.1 documents.
+_EVENT_SCHEMA: dict[str, Any] = {
+    "description": "one Server-Sent Event per item the model yields; a failure after the first event "
+    "ends the stream with an `error` event",
+    "anyOf": [
+        {
+            "type": "object",
+            "properties": {
+                "event": {"const": "message"},
+                "data": {"type": "string", "description": "the item: JSON, or text as the model wrote it ([DONE])"},
+            },
+            "required": ["data"],
+        },
+        {
+            "type": "object",
+            "properties": {
+                "event": {"const": "error"},
+                "data": {"type": "string", "contentMediaType": "application/json",
+                         "contentSchema": {"$ref": "#/components/schemas/Error"}},
+            },
+            "required": ["event", "data"],
+        },
+    ],
 }
 
 
@@ -70,12 +98,7 @@ def openapi_document(config: ModelConfig) -> dict[str, Any]:
 
 
 def _operation(api: ApiSpec) -> dict[str, Any]:
-    responses: dict[str, Any] = {
-        "200": {
-            "description": "the model's answer",
-            "content": {api.response_content_type: {"schema": openapi_schema(api.response_schema)}},
-        }
-    }
+    responses: dict[str, Any] = {"200": {"description": "the model's answer", "content": _answer_content(api)}}
     for code in _ERRORS:
         responses[code] = {"$ref": f"#/components/responses/Error{code}"}
     operation: dict[str, Any] = {"operationId": _operation_id(api), "responses": responses}
@@ -85,6 +108,17 @@ def _operation(api: ApiSpec) -> dict[str, Any]:
             "content": {api.request_content_type: {"schema": openapi_schema(api.request_schema)}},
         }
     return operation
+
+
+def _answer_content(api: ApiSpec) -> dict[str, Any]:
+    """What a 200 really carries: JSON whatever the declared response type (maserve answers a
+    `multipart/json` or `multipart/form-data` api's JSON as application/json), and for a
+    `text/event-stream` api also the events, sent when `predict` returns an iterator (a dict is
+    still a plain JSON reply: one api serves OpenAI's `"stream": false` and `"stream": true`)."""
+    content: dict[str, Any] = {JSON: {"schema": openapi_schema(api.response_schema)}}
+    if api.response_content_type == EVENT_STREAM:
+        content[EVENT_STREAM] = {"schema": copy.deepcopy(_EVENT_SCHEMA)}
+    return content
 
 
 def openapi_schema(schema: Any) -> Any:

@@ -19,12 +19,14 @@ from typing import Any, Callable
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
 from maserve.app import MaserveApp
 from maserve.config import ModelConfig
+from maserve.http import calls
+from maserve.http.limits import Guard, InFlightBoard, Limits, raise_open_file_limit
+from maserve.http.protocol import MaserveHttpProtocol
 from maserve.logs import fields, logging_config
 from maserve.settings import Settings
 from maserve.tls import make_self_signed
@@ -52,62 +54,47 @@ class _WorkerServer(Server):
         super().handle_exit(sig, frame)
 
 
-class _OneWriteTransport:
-    """A transport that sends what one loop iteration writes with one write: uvicorn writes a
-    response's head and body separately, two system calls and two wake-ups of the client per
-    request; together they cost about 4% of maserve's throughput on a small model (bench/)."""
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self._transport = transport
-        self._parts: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        if not self._parts:
-            asyncio.get_running_loop().call_soon(self._send)
-        self._parts.append(data)
-
-    def _send(self) -> None:
-        data = b"".join(self._parts)
-        self._parts.clear()
-        if data and not self._transport.is_closing():  # a client gone meanwhile: nothing to send
-            self._transport.write(data)
-
-    def close(self) -> None:
-        self._send()
-        self._transport.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
-class _OneWriteHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol on a _OneWriteTransport."""
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(_OneWriteTransport(transport))  # type: ignore[arg-type]
-
-
 class MaserveWorker(UvicornWorker):
     """uvicorn worker (uvloop + httptools) without uvicorn's own access log."""
 
     CONFIG_KWARGS = {
         "loop": "auto",
-        "http": _OneWriteHttpToolsProtocol,
+        "http": MaserveHttpProtocol,
         "ws": PlatformWebSocketProtocol,
         "access_log": False,
         "lifespan": "on",
         "server_header": False,
         "proxy_headers": False,
+        # The heartbeat (and the check that the master is alive) every 2 s, not gunicorn's 15:
+        # a worker whose master was killed stops listening within seconds.
+        "timeout_notify": 2,
     }
+
+    board: InFlightBoard | None = None  # set by the master before the fork
+    slot = 0
 
     async def _serve(self) -> None:
         self.config.app = self.wsgi
-        self.config.ws_max_size = self.wsgi.settings.max_body_bytes  # past it: close code 1009
+        settings = self.wsgi.settings
+        self.config.ws_max_size = settings.max_body_bytes  # past it: close code 1009
+        limits = Limits.derive(settings)
+        MaserveHttpProtocol.guard = Guard(limits, self.wsgi.config.health_url)
+        if self.board is not None:
+            MaserveHttpProtocol.publish = staticmethod(self.board.writer(self.slot))  # type: ignore[assignment]
+        calls.restart_worker = self._restart
+        log.debug("worker limits", extra=fields(pid=os.getpid(), max_connections=limits.max_connections,
+                                                 max_in_flight=limits.max_in_flight))
         self._server = _WorkerServer(self.config, self.wsgi.begin_drain)
         self._install_sigquit_handler()
         await self._server.serve(sockets=self.sockets)
         if not self._server.started:
             raise SystemExit(Arbiter.WORKER_BOOT_ERROR)
+
+    def _restart(self, reason: str) -> None:
+        """Stop this worker gracefully (from any thread): the master starts a fresh one."""
+        log.warning(f"{reason}: this worker stops after answering what it holds; the master starts a new one",
+                    extra=fields(pid=os.getpid()))
+        self._server.should_exit = True
 
     async def callback_notify(self) -> None:
         """Heartbeat to the master; a worker whose master died (kill -9) stops instead of lingering."""
@@ -126,6 +113,25 @@ class GraceArbiter(Arbiter):
         self.grace_seconds = grace_seconds
         self.on_stop = on_stop
         self.stop_at: float | None = None
+        self.board = InFlightBoard(self.num_workers + 4)
+        self.exit_statuses: dict[int, int] = {}  # pid → wait status, for child_exit
+
+    def reap_workers(self) -> None:
+        """gunicorn's reaping, with each worker's wait status kept: child_exit logs how it died.
+        (The master is single-threaded; os.waitpid is wrapped only for the length of the call.)"""
+        original = os.waitpid
+
+        def recording(pid: int, options: int) -> tuple[int, int]:
+            wpid, status = original(pid, options)
+            if wpid:
+                self.exit_statuses[wpid] = status
+            return wpid, status
+
+        os.waitpid = recording
+        try:
+            super().reap_workers()
+        finally:
+            os.waitpid = original
 
     def _begin_grace(self, name: str) -> None:
         if self.stop_at is not None:
@@ -196,6 +202,7 @@ def gunicorn_options(settings: Settings, config: ModelConfig) -> dict[str, Any]:
         "logconfig_dict": logging_config(settings.log_format),
         "control_socket_disable": True,
         "when_ready": _when_ready(settings, config),
+        "pre_fork": _pre_fork,
         "child_exit": _child_exit,
         "on_exit": _on_exit,
     }
@@ -231,8 +238,41 @@ def _when_ready(settings: Settings, config: ModelConfig) -> Any:
     return when_ready
 
 
+def _pre_fork(arbiter: Arbiter, worker: Any) -> None:
+    """Give the new worker a slot on the in-flight board (in the master, before the fork)."""
+    board = getattr(arbiter, "board", None)
+    if board is not None:
+        worker.board = board
+        worker.slot = board.free_slot({getattr(w, "slot", -1) for w in arbiter.WORKERS.values()})
+
+
 def _child_exit(arbiter: Arbiter, worker: Any) -> None:
-    log.info("worker exited", extra=fields(pid=worker.pid))
+    """A worker's end: INFO when the server stops it, WARNING with the signal or exit code and the
+    requests it had in flight when it died (killed, out of memory, crashed)."""
+    status = getattr(arbiter, "exit_statuses", {}).pop(worker.pid, None)
+    board = getattr(arbiter, "board", None)
+    in_flight = board.take(worker.slot) if board is not None and hasattr(worker, "slot") else None
+    values: dict[str, Any] = {"pid": worker.pid, "requests_in_flight": in_flight}
+    if status is None:
+        log.info("worker exited", extra=fields(**values))
+        return
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        values["signal"] = name
+        how = f"killed by {name}" + (" (out of memory? the kernel's OOM killer sends it)" if number == signal.SIGKILL else "")
+    else:
+        values["exit_code"] = os.WEXITSTATUS(status)
+        how = f"exited with code {values['exit_code']}"
+    stopping = getattr(arbiter, "stop_at", None) is not None
+    expected = stopping and (values.get("exit_code") == 0 or values.get("signal") in ("SIGTERM", "SIGQUIT"))
+    if expected or values.get("exit_code") == 0:
+        log.info(f"worker {how}", extra=fields(**values))
+    else:
+        log.warning(f"worker {how}; gunicorn starts a new one", extra=fields(**values))
 
 
 def _on_exit(arbiter: Arbiter) -> None:
@@ -240,4 +280,10 @@ def _on_exit(arbiter: Arbiter) -> None:
 
 
 def serve(settings: Settings, config: ModelConfig, app: MaserveApp) -> None:
+    before, after = raise_open_file_limit()  # before the fork: every worker inherits it
+    limits = Limits.derive(settings, after)
+    log.info("open-file limit and per-worker caps",
+             extra=fields(open_files_before=before, open_files=after, max_connections=limits.max_connections,
+                          max_in_flight=limits.max_in_flight, header_timeout_seconds=limits.header_timeout,
+                          body_timeout_seconds=limits.body_timeout, send_timeout_seconds=limits.send_timeout))
     MaserveApplication(settings, config, app).run()

@@ -56,6 +56,14 @@ class Settings:
     tls_cert: Path | None = field(default=None, metadata={"env": "MASERVE_TLS_CERT"})
     tls_key: Path | None = field(default=None, metadata={"env": "MASERVE_TLS_KEY"})
     validate_responses: bool = field(default=False, metadata={"env": "MASERVE_VALIDATE_RESPONSES"})
+    # Hostile or broken clients (maserve.http.limits): per worker, 0 = derived from the open-file limit.
+    max_connections: int = field(default=0, metadata={"env": "MASERVE_MAX_CONNECTIONS"})
+    max_in_flight: int = field(default=0, metadata={"env": "MASERVE_MAX_IN_FLIGHT"})
+    # From a request's first byte to the end of its headers; from there to the end of its body (a
+    # 12 MB upload at 0.8 Mbit/s meets it); how long a client may read nothing of its answer.
+    header_timeout_seconds: float = field(default=30.0, metadata={"env": "MASERVE_HEADER_TIMEOUT_SECONDS"})
+    body_timeout_seconds: float = field(default=120.0, metadata={"env": "MASERVE_BODY_TIMEOUT_SECONDS"})
+    send_timeout_seconds: float = field(default=60.0, metadata={"env": "MASERVE_SEND_TIMEOUT_SECONDS"})
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> "Settings":
@@ -83,8 +91,12 @@ class Settings:
         for name in ("grace_seconds", "drain_seconds", "request_timeout_seconds", "stream_timeout_seconds"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"MASERVE_{name.upper()} must not be negative")
-        for name in ("request_timeout_seconds", "stream_timeout_seconds"):
-            if getattr(self, name) == 0:
+        for name in ("max_connections", "max_in_flight"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"MASERVE_{name.upper()} must not be negative (0: derived from the open-file limit)")
+        for name in ("request_timeout_seconds", "stream_timeout_seconds", "header_timeout_seconds",
+                     "body_timeout_seconds", "send_timeout_seconds"):
+            if getattr(self, name) <= 0:
                 raise SettingsError(f"MASERVE_{name.upper()} must be above 0")
         total = self.grace_seconds + self.drain_seconds
         if total > PLATFORM_STOP_BOUND_SECONDS - 1:

@@ -30,6 +30,7 @@ from typing import Any, Awaitable, Callable
 from maserve.readiness import Drain
 
 from maserve.errors import InferenceTimeout, ModelError, ServiceError, ServiceStopping
+from maserve.http.calls import model_failure
 from maserve.jsonout import to_json
 
 log = logging.getLogger("maserve.app")
@@ -155,10 +156,9 @@ def _settle(future: asyncio.Future[Any], item: Any, failure: BaseException | Non
         future.set_result(item)
 
 
-def stream_failure(exc: Exception) -> ModelError:
+def stream_failure(exc: Exception) -> ServiceError:
     """A model exception raised while streaming, logged with its traceback, as a ModelError."""
-    log.exception("the model's stream raised an exception")
-    return ModelError(f"the model failed while streaming: {type(exc).__name__}")
+    return model_failure(exc, "while streaming", "the model's stream raised an exception")
 
 
 def _next(iterator: Iterator[Any]) -> Any:

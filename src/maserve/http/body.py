@@ -6,6 +6,10 @@ from typing import Any, Awaitable, Callable
 
 from maserve.errors import PayloadTooLarge
 
+# Set in a request's scope["state"] by maserve.http.protocol when its body did not arrive in time:
+# the protocol answered 408 and closed; the app logs the request so.
+BODY_TIMEOUT_STATE = "maserve.body_timeout_seconds"
+
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from maserve.config import ApiSpec
 from maserve.decode import decode
-from maserve.errors import ModelError, ServiceError
+from maserve.errors import ModelError, OutOfMemory, ServiceError
 from maserve.jsonout import to_json
 from maserve.logs import fields
 from maserve.model import Model
@@ -62,8 +62,28 @@ def call_model(method: Callable[[Any], Any], argument: Any) -> Any:
     except ServiceError:
         raise
     except Exception as exc:
-        log.exception("the model raised an exception")
-        raise ModelError(f"the model failed on this input: {type(exc).__name__}") from None
+        raise model_failure(exc, "on this input", "the model raised an exception") from None
+
+
+def _no_restart(reason: str) -> None:
+    pass
+
+
+# Set by the worker (maserve.server): it stops accepting, answers what it holds, and exits; the
+# master starts a fresh one. Called from inference threads.
+restart_worker: Callable[[str], None] = _no_restart
+
+
+def model_failure(exc: Exception, doing: str, logged: str) -> ServiceError:
+    """The error to answer a model's exception with, logged with its traceback. MemoryError is
+    `500 MASERVE.OUT_OF_MEMORY` and restarts the worker: what the allocation left behind (a
+    half-built tensor, a fragmented heap, a library's broken state) is not worth serving on."""
+    if isinstance(exc, MemoryError):
+        log.error("the model ran out of memory: this worker restarts once it has answered its other requests")
+        restart_worker("the model ran out of memory")
+        return OutOfMemory(f"the model ran out of memory {doing}; its worker restarts")
+    log.exception(logged)
+    return ModelError(f"the model failed {doing}: {type(exc).__name__}")
 
 
 def batch_results(model: Model, items: list[Any]) -> list[Any]:

@@ -1,0 +1,241 @@
+"""maserve's HTTP protocol: uvicorn's httptools protocol with one write per loop iteration, bounded
+connections (maserve.http.limits), read and send timeouts, and JSON for the errors it answers itself.
+
+uvicorn times out only idle keep-alive connections: a client that sends part of its headers, or
+never reads its answer, holds its connection (and the memory behind it) for as long as it likes. A
+sweep once a second (per worker, not a timer per request: the request path pays two float stores)
+closes a connection whose headers have not all arrived within MASERVE_HEADER_TIMEOUT_SECONDS (with
+a `408` JSON reply), and one whose client has read nothing of its answer for
+MASERVE_SEND_TIMEOUT_SECONDS. The body's own timeout is the app's (maserve.http.body), so its `408`
+is an ordinary, logged error reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from maserve.errors import MalformedRequest, Overloaded, RequestTimeout, ServiceError
+from maserve.http.body import BODY_TIMEOUT_STATE
+from maserve.http.limits import RESERVED_FILES, RETRY_AFTER_SECONDS, Guard
+from maserve.logs import fields
+
+log = logging.getLogger("maserve.server")
+
+SWEEP_SECONDS = 1.0
+
+
+class _OneWriteTransport:
+    """A transport that sends what one loop iteration writes with one write: uvicorn writes a
+    response's head and body separately, two system calls and two wake-ups of the client per
+    request; together they cost about 4% of maserve's throughput on a small model (bench/)."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._parts:
+            asyncio.get_running_loop().call_soon(self._send)
+        self._parts.append(data)
+
+    def _send(self) -> None:
+        data = b"".join(self._parts)
+        self._parts.clear()
+        if data and not self._transport.is_closing():  # a client gone meanwhile: nothing to send
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self._send()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def raw_reply(error: ServiceError, extra: tuple[bytes, ...] = ()) -> bytes:
+    """A whole HTTP/1.1 error reply with a JSON body, for answers written past the app."""
+    body = error.body()
+    head = [b"HTTP/1.1 %d %s" % (error.status, _REASONS.get(error.status, b"Error")),
+            b"content-type: application/json", b"content-length: %d" % len(body), b"connection: close", *extra]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 503: b"Service Unavailable"}
+
+
+def _refusal(error: ServiceError) -> Callable[..., Any]:
+    """An ASGI app answering `error` with Retry-After and closing the connection, body unread."""
+    body = error.body()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"retry-after", str(RETRY_AFTER_SECONDS).encode()), (b"connection", b"close")]
+
+    async def refuse(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": error.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return refuse
+
+
+class MaserveHttpProtocol(HttpToolsProtocol):
+    """One client connection. `guard` (the worker's caps) and `publish` (its in-flight count for
+    the master) are set on the class by the worker before it serves."""
+
+    guard: Guard | None = None
+    publish: Callable[[int], None] | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(_OneWriteTransport(transport))  # type: ignore[arg-type]
+        self._headers_since: float | None = None
+        self._body_since: float | None = None
+        self._unsent: tuple[int, float] | None = None  # write buffer size, and since when it is stuck
+        self._over_cap = False
+        guard = self.guard
+        if guard is None:
+            return
+        guard.watch(self.connections, self.loop, _sweep, SWEEP_SECONDS)
+        count = len(self.connections)
+        if count > guard.limits.max_connections and not guard.evict_idle(count):
+            if count > guard.limits.max_connections + RESERVED_FILES // 2:  # keep descriptors to answer with
+                guard.refused(count, len(self.tasks), "connections")
+                self.transport.close()
+                return
+            self._over_cap = True  # its request is refused (unless it is the health check)
+        # A connection that sends nothing is idle from the start: it expires at the keep-alive
+        # limit (uvicorn would hold it for good) and can make room for a newer one at the cap.
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+        guard.mark_idle(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        guard = self.guard
+        if guard is not None:
+            guard.mark_busy(self)
+            guard.check_eased(len(self.connections), len(self.tasks))
+
+    def close_idle(self) -> bool:
+        """Close this connection if it is idle between requests (the cap needs room)."""
+        if self.timeout_keep_alive_task is None or (self.cycle is not None and not self.cycle.response_complete):
+            return False
+        self._unset_keepalive_if_required()
+        self.transport.close()
+        return True
+
+    def _unset_keepalive_if_required(self) -> None:
+        super()._unset_keepalive_if_required()
+        if self.guard is not None:
+            self.guard.mark_busy(self)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.timeout_keep_alive_task is not None and self.guard is not None:
+            self.guard.mark_idle(self)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn answers an unparsable request in text/plain; clients here get JSON like every error."""
+        if not self.transport.is_closing():
+            self.transport.write(raw_reply(MalformedRequest(f"not a valid HTTP/1.1 request: {msg}")))
+        self.transport.close()
+
+    # -- the request ----------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._headers_since = self.loop.time()
+
+    def on_headers_complete(self) -> None:
+        self._headers_since = None
+        self._body_since = self.loop.time()  # until on_message_complete (at once for a GET)
+        guard = self.guard
+        refusal = None
+        if guard is not None and (self._over_cap or len(self.tasks) >= guard.limits.max_in_flight):
+            refusal = self._refusal(guard)
+        if refusal is None:
+            super().on_headers_complete()
+            return
+        app, self.app = self.app, refusal
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = app
+
+    def on_message_complete(self) -> None:
+        self._body_since = None
+        super().on_message_complete()
+
+    def _refusal(self, guard: Guard) -> Callable[..., Any] | None:
+        if self.url.split(b"?", 1)[0] == guard.health_path.encode():
+            return None  # the platform's probe is answered whatever the load
+        connections, in_flight = len(self.connections), len(self.tasks)
+        if self._over_cap:
+            guard.refused(connections, in_flight, "connections")
+            message = (f"this worker holds {connections} connections (MASERVE_MAX_CONNECTIONS "
+                       f"{guard.limits.max_connections}), none idle: retry in {RETRY_AFTER_SECONDS} s")
+        else:
+            guard.refused(connections, in_flight, "requests in flight")
+            message = (f"this worker has {in_flight} requests in flight (MASERVE_MAX_IN_FLIGHT "
+                       f"{guard.limits.max_in_flight}): retry in {RETRY_AFTER_SECONDS} s")
+        return _refusal(Overloaded(message))
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        task = self.loop.create_task(cycle.run_asgi(app))
+        task.add_done_callback(self._task_done)
+        self.tasks.add(task)
+        if self.publish is not None:
+            self.publish(len(self.tasks))
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if self.publish is not None:
+            self.publish(len(self.tasks))
+
+    # -- the sweep ------------------------------------------------------------------------------
+    def check_stalled(self, now: float, guard: Guard) -> None:
+        """Close the connection if its headers are overdue or its client reads nothing."""
+        if self.transport.is_closing():
+            return
+        since = self._headers_since
+        if since is not None and now - since >= guard.limits.header_timeout:
+            seconds = guard.limits.header_timeout
+            log.warning("request headers incomplete: answered 408 and closed",
+                        extra=fields(client=_client(self.client), seconds=seconds,
+                                     error_code=RequestTimeout.error_code))
+            self.transport.write(raw_reply(RequestTimeout(
+                f"the request's headers did not arrive within {seconds:g} s (MASERVE_HEADER_TIMEOUT_SECONDS)")))
+            self.transport.close()
+            return
+        since = self._body_since
+        if since is not None and now - since >= guard.limits.body_timeout:
+            self._body_since = None
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_started:
+                seconds = guard.limits.body_timeout
+                # the app sees the client go and logs the request as this 408 (maserve.app)
+                self.scope["state"][BODY_TIMEOUT_STATE] = seconds
+                self.transport.write(raw_reply(RequestTimeout(
+                    f"the request's body did not arrive within {seconds:g} s (MASERVE_BODY_TIMEOUT_SECONDS)")))
+                self.transport.close()
+                return
+        unsent = self.transport.get_write_buffer_size()
+        if not unsent:
+            self._unsent = None
+        elif self._unsent is None or unsent < self._unsent[0]:
+            self._unsent = (unsent, now)
+        elif now - self._unsent[1] >= guard.limits.send_timeout:
+            log.warning("the client read nothing of its answer: connection closed",
+                        extra=fields(client=_client(self.client), unsent_bytes=unsent,
+                                     seconds=guard.limits.send_timeout))
+            self.transport.abort()
+
+
+def _client(address: tuple[str, int] | None) -> str:
+    return f"{address[0]}:{address[1]}" if address else "unknown"
+
+
+def _sweep(connections: set[Any], now: float, guard: Guard) -> None:
+    for protocol in list(connections):
+        check = getattr(protocol, "check_stalled", None)  # WebSocket protocols are in the set too
+        if check is not None:
+            check(now, guard)

@@ -1,0 +1,135 @@
+"""Connection floods against a server with a low open-file limit (ulimit -n 256, so 128 connections
+per worker): idle connections make room oldest first, busy ones beyond the caps get a fast 503 JSON
+with Retry-After, the health check is answered throughout, and service is normal once the flood
+ends. Every loop is bounded; everything is on 127.0.0.1."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import time
+
+import pytest
+
+from helpers import FIXTURE_MODELS, start_server
+
+HOG_DIR = FIXTURE_MODELS / "hog"
+OPEN_FILES = 256
+CAP = OPEN_FILES - 128  # maserve.http.limits: RESERVED_FILES
+IN_FLIGHT_CAP = CAP // 4
+
+
+@pytest.fixture
+def server(tmp_path):
+    server = start_server(tmp_path, HOG_DIR, env={"MASERVE_WORKERS": "1", "MASERVE_HEADER_TIMEOUT_SECONDS": "120",
+                                                  "MASERVE_BODY_TIMEOUT_SECONDS": "120"},
+                          ulimit=f"-n {OPEN_FILES}")
+    yield server
+    server.stop()
+
+
+def post(server, payload: dict, timeout: float = 10) -> tuple[int, dict, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
+    try:
+        conn.request("POST", "/", json.dumps(payload), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def health(server) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request("GET", "/health")
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def hold(server, count: int, opening: bytes) -> list[socket.socket]:
+    """`count` connections that each sent `opening` and then nothing."""
+    held = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        if opening:
+            sock.sendall(opening)
+        held.append(sock)
+    return held
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    sock.settimeout(0.05)
+    try:
+        return sock.recv(1) == b""
+    except (socket.timeout, BlockingIOError):
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_the_startup_log_names_the_limits(server):
+    record = server.wait_log(lambda r: r.get("message") == "open-file limit and per-worker caps")[0]
+    assert record["open_files"] == OPEN_FILES and record["max_connections"] == CAP
+    assert record["max_in_flight"] == IN_FLIGHT_CAP
+
+
+def test_idle_connections_make_room_oldest_first(server):
+    """A flood of idle connections (a load balancer's pool) twice the cap: the server never runs out
+    of descriptors, the newest survive, and every new request is served."""
+    held = hold(server, CAP * 2, b"")
+    try:
+        time.sleep(0.5)
+        oldest, newest = held[:CAP // 2], held[-CAP // 2:]
+        assert all(closed_by_server(s) for s in oldest)
+        assert not any(closed_by_server(s) for s in newest)
+        assert post(server, {"megabytes": 0})[0] == 200
+        assert health(server) == 200
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_stalled_uploads_beyond_the_in_flight_cap_get_503_and_health_stays_200(server):
+    opening = (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+               b'{"megabytes"')
+    held = hold(server, IN_FLIGHT_CAP + 4, opening)
+    try:
+        time.sleep(0.5)
+        started = time.monotonic()
+        status, headers, body = post(server, {"megabytes": 0})
+        assert status == 503 and body["error_code"] == "MASERVE.OVERLOADED"
+        assert "MASERVE_MAX_IN_FLIGHT" in body["error_msg"] and headers["retry-after"] == "1"
+        assert headers["connection"] == "close" and time.monotonic() - started < 5  # fast, not a wait
+        assert all(health(server) == 200 for _ in range(5))
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + 10
+    while post(server, {"megabytes": 0})[0] != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert post(server, {"megabytes": 0})[0] == 200
+    assert server.wait_log(lambda r: r.get("message") == "back under the limits", timeout=10)
+    starts = [r for r in server.log_records() if r.get("message", "").startswith("limit reached")]
+    assert len(starts) == 1 and starts[0]["level"] == "WARNING"  # once per episode, with the numbers
+    assert starts[0]["max_in_flight"] == IN_FLIGHT_CAP
+
+
+def test_busy_connections_beyond_the_connection_cap_get_503_not_silence(server):
+    """Half-sent headers (busy, not idle, not yet requests) on every connection the cap allows:
+    a new request is refused with JSON, the health check still answered; then back to normal."""
+    held = hold(server, CAP + 8, b"POST / HTTP/1.1\r\nHost: x\r\n")
+    try:
+        time.sleep(0.5)
+        status, headers, body = post(server, {"megabytes": 0})
+        assert status == 503 and "MASERVE_MAX_CONNECTIONS" in body["error_msg"]
+        assert headers["retry-after"] == "1"
+        assert health(server) == 200
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + 10
+    while post(server, {"megabytes": 0})[0] != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert post(server, {"megabytes": 0})[0] == 200
