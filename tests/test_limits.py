@@ -69,6 +69,14 @@ def closed_by_server(sock: socket.socket) -> bool:
         return True
 
 
+def answered_408(sock: socket.socket) -> bool:
+    sock.settimeout(0.5)
+    try:
+        return sock.recv(200).startswith(b"HTTP/1.1 408")
+    except OSError:
+        return False
+
+
 def test_the_startup_log_names_the_limits(server):
     record = server.wait_log(lambda r: r.get("message") == "open-file limit and per-worker caps")[0]
     assert record["open_files"] == OPEN_FILES and record["max_connections"] == CAP
@@ -116,16 +124,23 @@ def test_stalled_uploads_beyond_the_in_flight_cap_get_503_and_health_stays_200(s
     assert starts[0]["max_in_flight"] == IN_FLIGHT_CAP
 
 
-def test_busy_connections_beyond_the_connection_cap_get_503_not_silence(server):
-    """Half-sent headers (busy, not idle, not yet requests) on every connection the cap allows:
-    a new request is refused with JSON, the health check still answered; then back to normal."""
+def test_a_slowloris_at_the_connection_cap_gives_way_to_real_requests(server):
+    """Half-sent headers (busy, not idle, not yet requests) on every connection the cap allows.
+    Within a second of them, a new request is refused with JSON (they might be slow real clients);
+    after it, the one stuck longest is answered 408 and closed to make room, so requests and the
+    health check are served while the slowloris lasts."""
     held = hold(server, CAP + 8, b"POST / HTTP/1.1\r\nHost: x\r\n")
     try:
-        time.sleep(0.5)
+        time.sleep(0.2)
         status, headers, body = post(server, {"megabytes": 0})
         assert status == 503 and "MASERVE_MAX_CONNECTIONS" in body["error_msg"]
         assert headers["retry-after"] == "1"
         assert health(server) == 200
+        time.sleep(1.2)
+        assert [post(server, {"megabytes": 0})[0] for _ in range(10)] == [200] * 10
+        assert all(health(server) == 200 for _ in range(5))
+        evicted = [s for s in held[:30] if answered_408(s)]
+        assert len(evicted) >= 5  # the oldest stalled ones made room, as many as the new ones needed
     finally:
         for sock in held:
             sock.close()

@@ -4,8 +4,9 @@ With the usual soft limit of 1024 open files per process, a few thousand held co
 balancer's pool, a buggy client, a slowloris) used every descriptor: accept() failed and every new
 request was refused in silence. Here the soft limit is raised to the hard one at start, and each
 worker caps its connections and its requests in flight below what its descriptors allow. At the
-cap, an idle keep-alive connection (the longest idle first) makes room for the new one; if none is
-idle, the new request gets a fast `503 MASERVE.OVERLOADED` with `Retry-After` and its connection is
+cap, an idle keep-alive connection (the longest idle first), or else one whose headers have been
+arriving for over a second (a slowloris), makes room for the new one; if there is none, the new
+request gets a fast `503 MASERVE.OVERLOADED` with `Retry-After` and its connection is
 closed. The health check is always answered: the platform's probe must not fail because of client
 traffic. Each episode of overload is logged once when it starts and once when it ends.
 """
@@ -28,6 +29,8 @@ log = logging.getLogger("maserve.server")
 RESERVED_FILES = 128
 MAX_DEFAULT_CONNECTIONS = 10_000  # memory, not descriptors, bounds it past here (~20 KB each)
 RETRY_AFTER_SECONDS = 1
+SLOW_HEADERS_SECONDS = 1.0  # headers still arriving after this long may be closed to make room
+URGENT_SLOW_HEADERS_SECONDS = 0.1  # the same when the descriptors kept in reserve are running out
 
 
 def raise_open_file_limit() -> tuple[int, int]:
@@ -69,7 +72,8 @@ class Guard:
     def __init__(self, limits: Limits, health_path: str) -> None:
         self.limits = limits
         self.health_path = health_path
-        self.idle: OrderedDict[Any, None] = OrderedDict()  # protocol → None, the longest idle first
+        self.idle: OrderedDict[Any, float] = OrderedDict()  # protocol → idle since, the longest idle first
+        self.reading_headers: dict[Any, float] = {}  # protocol → when its headers began, oldest first
         self._episode_started: float | None = None
         self._refused = 0
         self._evicted = 0
@@ -92,22 +96,41 @@ class Guard:
         loop.call_later(every, tick)
 
     # -- idle connections -----------------------------------------------------------------------
-    def mark_idle(self, protocol: Any) -> None:
-        self.idle[protocol] = None
+    def mark_idle(self, protocol: Any, now: float) -> None:
+        self.idle[protocol] = now
         self.idle.move_to_end(protocol)
 
     def mark_busy(self, protocol: Any) -> None:
         self.idle.pop(protocol, None)
 
-    def evict_idle(self, connections: int) -> bool:
-        """Close the longest-idle connection to make room; False if none is idle."""
-        while self.idle:
-            protocol, _ = self.idle.popitem(last=False)
-            if protocol.close_idle():
+    def headers_started(self, protocol: Any, now: float) -> None:
+        self.reading_headers[protocol] = now
+
+    def headers_done(self, protocol: Any) -> None:
+        self.reading_headers.pop(protocol, None)
+
+    def make_room(self, connections: int, now: float, slow_headers: float = SLOW_HEADERS_SECONDS) -> bool:
+        """Close the connection stuck longest to make room for a new one: idle between requests,
+        or still sending its headers after SLOW_HEADERS_SECONDS (a slowloris: real clients send
+        them in one go). The longest-stuck first, so that a flood of stalled connections makes
+        room, not a busy client's keep-alive connection idle for a millisecond. False if none."""
+        while True:
+            idle = next(iter(self.idle.items()), None)
+            slow = next(iter(self.reading_headers.items()), None)
+            if slow is not None and now - slow[1] < slow_headers:
+                slow = None
+            if idle is not None and (slow is None or idle[1] <= slow[1]):
+                del self.idle[idle[0]]
+                closed = idle[0].close_idle()
+            elif slow is not None:
+                del self.reading_headers[slow[0]]
+                closed = slow[0].close_slow_headers(now - slow[1])
+            else:
+                return False
+            if closed:
                 self._evicted += 1
                 self._note(connections, 0, "connections")
                 return True
-        return False
 
     # -- the episode ----------------------------------------------------------------------------
     def refused(self, connections: int, in_flight: int, limit: str) -> None:

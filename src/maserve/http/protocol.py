@@ -20,7 +20,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from maserve.errors import MalformedRequest, Overloaded, RequestTimeout, ServiceError
 from maserve.http.body import BODY_TIMEOUT_STATE
-from maserve.http.limits import RESERVED_FILES, RETRY_AFTER_SECONDS, Guard
+from maserve.http.limits import RESERVED_FILES, RETRY_AFTER_SECONDS, URGENT_SLOW_HEADERS_SECONDS, Guard
 from maserve.logs import fields
 
 log = logging.getLogger("maserve.server")
@@ -98,22 +98,28 @@ class MaserveHttpProtocol(HttpToolsProtocol):
             return
         guard.watch(self.connections, self.loop, _sweep, SWEEP_SECONDS)
         count = len(self.connections)
-        if count > guard.limits.max_connections and not guard.evict_idle(count):
-            if count > guard.limits.max_connections + RESERVED_FILES // 2:  # keep descriptors to answer with
-                guard.refused(count, len(self.tasks), "connections")
-                self.transport.close()
-                return
-            self._over_cap = True  # its request is refused (unless it is the health check)
+        if count > guard.limits.max_connections:
+            now = self.loop.time()
+            room = guard.make_room(count, now)
+            if not room and count > guard.limits.max_connections + RESERVED_FILES // 2:
+                # the descriptors kept to answer with are running out: a younger slowloris goes too
+                room = guard.make_room(count, now, URGENT_SLOW_HEADERS_SECONDS)
+                if not room:
+                    guard.refused(count, len(self.tasks), "connections")
+                    self.transport.close()
+                    return
+            self._over_cap = not room  # its request is refused (unless it is the health check)
         # A connection that sends nothing is idle from the start: it expires at the keep-alive
         # limit (uvicorn would hold it for good) and can make room for a newer one at the cap.
         self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
-        guard.mark_idle(self)
+        guard.mark_idle(self, self.loop.time())
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         guard = self.guard
         if guard is not None:
             guard.mark_busy(self)
+            guard.headers_done(self)
             guard.check_eased(len(self.connections), len(self.tasks))
 
     def close_idle(self) -> bool:
@@ -121,6 +127,17 @@ class MaserveHttpProtocol(HttpToolsProtocol):
         if self.timeout_keep_alive_task is None or (self.cycle is not None and not self.cycle.response_complete):
             return False
         self._unset_keepalive_if_required()
+        self.transport.close()
+        return True
+
+    def close_slow_headers(self, seconds: float) -> bool:
+        """Answer 408 and close: its headers have been arriving for `seconds`, and the cap needs room."""
+        if self._headers_since is None or self.transport.is_closing():
+            return False
+        self._headers_since = None
+        self.transport.write(raw_reply(RequestTimeout(
+            f"the request's headers were still arriving after {seconds:.1f} s and the server is at its "
+            "connection limit")))
         self.transport.close()
         return True
 
@@ -132,7 +149,7 @@ class MaserveHttpProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if self.timeout_keep_alive_task is not None and self.guard is not None:
-            self.guard.mark_idle(self)
+            self.guard.mark_idle(self, self.loop.time())
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn answers an unparsable request in text/plain; clients here get JSON like every error."""
@@ -143,10 +160,14 @@ class MaserveHttpProtocol(HttpToolsProtocol):
     # -- the request ----------------------------------------------------------------------------
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._headers_since = self.loop.time()
+        self._headers_since = now = self.loop.time()
+        if self.guard is not None:
+            self.guard.headers_started(self, now)
 
     def on_headers_complete(self) -> None:
         self._headers_since = None
+        if self.guard is not None:
+            self.guard.headers_done(self)
         self._body_since = self.loop.time()  # until on_message_complete (at once for a GET)
         guard = self.guard
         refusal = None
