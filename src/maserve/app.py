@@ -40,12 +40,14 @@ from maserve.errors import (
 from maserve.http.batcher import Batcher
 from maserve.http.body import BODY_TIMEOUT_STATE, ClientGone, read_body
 from maserve.http.calls import Route, predict_one, start_stream
+from maserve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from maserve.metrics import Metrics
 from maserve.logs import ACCESS_LOGGER, IterationLog, fields, flush_handlers
 from maserve.model import Model, load_model, serves_batches
 from maserve.openapi import OPENAPI_URL, openapi_document
 from maserve.readiness import Drain, StartupGate, StopFlag
 from maserve.schema import RequestSchema, ResponseSchema
-from maserve.settings import Settings
+from maserve.settings import Settings, SettingsError
 from maserve.websocket import serve_websocket
 from maserve.sse import STREAM_HEADERS, Deadlines, EventSource, StreamTimeout, first_item, send_events
 
@@ -101,6 +103,13 @@ class MaserveApp:
                 self._websockets[api.url] = route
             else:
                 self._routes.setdefault(api.url, {})[api.method] = route
+        self._metrics_path = settings.metrics_path or None
+        if self._metrics_path is not None and (self._metrics_path in self._routes or self._metrics_path in
+                                               self._websockets or self._metrics_path == config.health_url):
+            raise SettingsError(f"MASERVE_METRICS_PATH {self._metrics_path} is also a path of config.json: "
+                                "set another one, or an empty value to serve no metrics")
+        self.metrics: Metrics | None = None  # made in each worker (maserve.metrics: after the fork)
+        self.in_flight_total: Callable[[], int] | None = None  # set by the worker: every worker's count
         # GET /openapi.json describes the apis, unless config.json claims that path for itself.
         declared = OPENAPI_URL in self._routes or OPENAPI_URL == config.health_url
         self._openapi_url: str | None = None if declared else OPENAPI_URL
@@ -120,6 +129,10 @@ class MaserveApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self._executor = ThreadPoolExecutor(INFERENCE_THREADS, thread_name_prefix="maserve-infer")
+                if self._metrics_path is not None:
+                    self.metrics = Metrics([*self._routes, *self._websockets, self.config.health_url])
+                    self.metrics.ready = lambda: self._ready.is_set() and self._gate.all_loaded()
+                    self.metrics.in_flight = self.in_flight_total
                 self._request_id_prefix = uuid.uuid4().hex[:16].encode()  # after fork: one per worker
                 self._load_task = asyncio.create_task(self._load())
                 await send({"type": "lifespan.startup.complete"})
@@ -145,8 +158,12 @@ class MaserveApp:
         if serves_batches(model):
             assert self._executor is not None
             self._batcher = Batcher(model, self._executor, self.settings.request_timeout_seconds)
+            if self.metrics is not None:
+                self._batcher.on_batch = self.metrics.batch_size.observe
         self._ready.set()
         self._gate.worker_loaded()
+        if self.metrics is not None:
+            self.metrics.load_seconds.set(time.perf_counter() - started)
         elapsed = round((time.perf_counter() - started) * 1000, 1)
         log.info("model loaded and warmed up", extra=fields(pid=os.getpid(), load_ms=elapsed))
 
@@ -180,6 +197,9 @@ class MaserveApp:
                 status, body = (200, _HEALTHY) if healthy else (503, _UNHEALTHY)
             elif path == self._openapi_url and method in ("GET", "HEAD"):
                 status, body = 200, self._openapi
+            elif path == self._metrics_path and method in ("GET", "HEAD") and self.metrics is not None:
+                await self._scrape(send, method)  # not in the access log: a scraper every few seconds
+                return
             else:
                 route = self._route(path, method)
                 answer = await self._answer(route, receive, content_type, content_length)
@@ -215,6 +235,13 @@ class MaserveApp:
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
         self.log_request(request_id, method, path, status, started, len(body), error)
 
+    async def _scrape(self, send: Send, method: str) -> None:
+        assert self.metrics is not None
+        body = self.metrics.render()
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", METRICS_CONTENT_TYPE), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+
     async def _stream(
         self,
         pending: PendingStream,
@@ -236,6 +263,8 @@ class MaserveApp:
             sent += len(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
+        if self.metrics is not None:
+            self.metrics.first_event.labels(path).observe(time.perf_counter() - started)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             outcome = await send_events(pending.source, pending.first, pending.deadlines, pending.disconnected,
@@ -248,6 +277,9 @@ class MaserveApp:
         finally:
             pending.disconnected.cancel()
         status = 499 if outcome.client_gone else 200
+        if self.metrics is not None:
+            kind = "client_gone" if outcome.client_gone else "error" if outcome.error is not None else "ok"
+            self.metrics.streams.labels(path, kind).inc()
         self.log_request(request_id, method, path, status, started, sent, outcome.error, events=outcome.events)
 
     def _new_request_id(self) -> bytes:
@@ -378,12 +410,15 @@ class MaserveApp:
         error: ServiceError | None,
         **extra: Any,
     ) -> None:
+        seconds = time.perf_counter() - started
+        if self.metrics is not None:
+            self.metrics.observe_request(path, method, status, seconds)
         values: dict[str, Any] = {
             "request_id": request_id.decode(),
             "method": method,
             "path": path,
             "status": status,
-            "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+            "latency_ms": round(seconds * 1000, 3),
             "bytes": size,
             **extra,
         }

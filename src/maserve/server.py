@@ -24,6 +24,7 @@ from uvicorn_worker import UvicornWorker
 
 from maserve.app import MaserveApp
 from maserve.config import ModelConfig
+from maserve import metrics
 from maserve.http import calls
 from maserve.http.limits import Guard, InFlightBoard, Limits, raise_open_file_limit
 from maserve.http.protocol import MaserveHttpProtocol
@@ -81,6 +82,8 @@ class MaserveWorker(UvicornWorker):
         MaserveHttpProtocol.guard = Guard(limits, self.wsgi.config.health_url)
         if self.board is not None:
             MaserveHttpProtocol.publish = staticmethod(self.board.writer(self.slot))  # type: ignore[assignment]
+            board = self.board
+            self.wsgi.in_flight_total = board.total  # for the metrics scrape
         calls.restart_worker = self._restart
         log.debug("worker limits", extra=fields(pid=os.getpid(), max_connections=limits.max_connections,
                                                  max_in_flight=limits.max_in_flight))
@@ -249,6 +252,7 @@ def _pre_fork(arbiter: Arbiter, worker: Any) -> None:
 def _child_exit(arbiter: Arbiter, worker: Any) -> None:
     """A worker's end: INFO when the server stops it, WARNING with the signal or exit code and the
     requests it had in flight when it died (killed, out of memory, crashed)."""
+    metrics.mark_dead(worker.pid)
     status = getattr(arbiter, "exit_statuses", {}).pop(worker.pid, None)
     board = getattr(arbiter, "board", None)
     in_flight = board.take(worker.slot) if board is not None and hasattr(worker, "slot") else None
@@ -276,10 +280,13 @@ def _child_exit(arbiter: Arbiter, worker: Any) -> None:
 
 
 def _on_exit(arbiter: Arbiter) -> None:
+    metrics.remove_directory()
     log.info("all workers stopped: exiting")
 
 
 def serve(settings: Settings, config: ModelConfig, app: MaserveApp) -> None:
+    if settings.metrics_path:
+        metrics.prepare_directory()  # before the fork, and before prometheus_client is imported
     before, after = raise_open_file_limit()  # before the fork: every worker inherits it
     limits = Limits.derive(settings, after)
     log.info("open-file limit and per-worker caps",

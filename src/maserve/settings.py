@@ -56,6 +56,8 @@ class Settings:
     tls_cert: Path | None = field(default=None, metadata={"env": "MASERVE_TLS_CERT"})
     tls_key: Path | None = field(default=None, metadata={"env": "MASERVE_TLS_KEY"})
     validate_responses: bool = field(default=False, metadata={"env": "MASERVE_VALIDATE_RESPONSES"})
+    # Prometheus text at this path, summed over the workers (maserve.metrics); "" turns it off.
+    metrics_path: str = field(default="/metrics", metadata={"env": "MASERVE_METRICS_PATH", "empty": True})
     # Hostile or broken clients (maserve.http.limits): per worker, 0 = derived from the open-file limit.
     max_connections: int = field(default=0, metadata={"env": "MASERVE_MAX_CONNECTIONS"})
     max_in_flight: int = field(default=0, metadata={"env": "MASERVE_MAX_IN_FLIGHT"})
@@ -74,6 +76,8 @@ class Settings:
             raw = env.get(f.metadata["env"])
             if raw not in (None, ""):
                 values[f.name] = _convert(f.metadata["env"], f.type, raw)
+            elif raw == "" and f.metadata.get("empty"):  # set but empty: a meaning of its own ("off")
+                values[f.name] = ""
         settings = replace(cls(), **values)
         settings = replace(settings, **{k: v for k, v in (overrides or {}).items() if v is not None})
         settings.check()
@@ -109,6 +113,8 @@ class Settings:
             raise SettingsError("MASERVE_KEEPALIVE_SECONDS must be at least 1")
         if self.max_body_bytes < 1:
             raise SettingsError("MASERVE_MAX_BODY_BYTES must be at least 1")
+        if self.metrics_path and not self.metrics_path.startswith("/"):
+            raise SettingsError(f"MASERVE_METRICS_PATH must start with / (or be empty: no metrics), got {self.metrics_path!r}")
         if self.log_format not in ("json", "text"):
             raise SettingsError(f"MASERVE_LOG_FORMAT must be 'json' or 'text', got {self.log_format!r}")
         if (self.tls_cert is None) != (self.tls_key is None):

@@ -18,7 +18,7 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from maserve.decode import decode
 from maserve.errors import ServiceError
@@ -62,6 +62,7 @@ class Batcher:
         self._pending: list[Job] = []  # requests for the next batch
         self._busy_batches = 0  # batches in a thread, not yet stuck
         self._last_batch_seconds = math.inf  # how long the model took for the last batch (none yet)
+        self.on_batch: Callable[[int], None] | None = None  # the batch-size metric, when metrics are on
 
     def submit(self, loop: asyncio.AbstractEventLoop, route: Route, body: bytes,
                boundary: bytes | None) -> asyncio.Future[bytes]:
@@ -82,6 +83,8 @@ class Batcher:
         jobs, self._pending = waiting[:MAX_BATCH], waiting[MAX_BATCH:]
         if not jobs:
             return
+        if self.on_batch is not None:
+            self.on_batch(len(jobs))
         if self._last_batch_seconds < INLINE_BATCH_SECONDS and all(len(job.body) <= INLINE_MAX_BODY_BYTES for job in jobs):
             self._run_inline(loop, jobs)
             return

@@ -188,6 +188,10 @@ class InFlightBoard:
 
         return publish
 
+    def total(self) -> int:
+        """Requests in flight in every worker (read by the metrics scrape)."""
+        return sum(self._counts)
+
     def take(self, slot: int) -> int:
         """The dead worker's last count, and its slot cleared for the next one."""
         count, self._counts[slot] = self._counts[slot], 0

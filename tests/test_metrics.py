@@ -1,0 +1,127 @@
+"""GET /metrics: Prometheus text (parsed by prometheus-client's own parser), summed correctly over
+gunicorn's workers whichever one answers the scrape, and kept when a worker dies."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from helpers import ECHO_DIR, FIXTURE_MODELS, MASERVE_BIN, child_pids, echo_request, request, start_server
+
+
+def scrape(server) -> dict[tuple[str, tuple], float]:
+    """(sample name, sorted labels) → value, from a real parse of the text."""
+    reply = server.get("/metrics")
+    assert reply.status == 200 and reply.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples = {}
+    for family in text_string_to_metric_families(reply.body.decode()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples, name: str, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.fixture
+def echo(tmp_path):
+    server = start_server(tmp_path, ECHO_DIR)
+    yield server
+    server.stop()
+
+
+def test_counts_are_summed_over_the_workers_and_survive_a_worker_death(echo):
+    pids = set()
+    for i in range(20):  # a new connection each: both workers answer
+        conn = echo.connect()
+        try:
+            reply = echo_request(conn, 10 + i)
+            assert reply.status == 200
+            pids.add(reply.json()["pid"])
+        finally:
+            conn.close()
+    assert len(pids) == 2
+    for _ in range(6):  # whichever worker answers the scrape, the same totals
+        samples = scrape(echo)
+        assert value(samples, "maserve_requests_total", api="/echo", method="POST", status="200") == 20
+        assert value(samples, "maserve_request_duration_seconds_count", api="/echo") == 20
+        assert value(samples, "maserve_ready") == 1
+        assert {labels for (name, labels) in samples if name == "maserve_model_load_seconds"} == {
+            (("pid", str(pid)),) for pid in pids}
+        assert value(samples, "maserve_requests_in_flight") >= 1  # the scrape itself
+    assert not any("/metrics" in json.dumps(r) for r in echo.log_records())  # not in the access log
+
+    victim = min(child_pids(echo.proc.pid))
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while (len(child_pids(echo.proc.pid) - {victim}) < 2 or echo.get("/health").status != 200) \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    samples = scrape(echo)
+    assert value(samples, "maserve_requests_total", api="/echo", method="POST", status="200") == 20  # kept
+    loaded = {dict(labels)["pid"] for (name, labels) in samples if name == "maserve_model_load_seconds"}
+    assert str(victim) not in loaded and len(loaded) == 2  # the dead worker's gauge is gone
+    workers = {dict(labels)["pid"] for (name, labels) in samples
+               if name == "maserve_process_resident_memory_bytes" and dict(labels)["role"] == "worker"}
+    assert str(victim) not in workers and len(workers) == 2
+
+
+def test_unknown_paths_share_one_label_and_errors_keep_their_status(echo):
+    for path in ("/a", "/b", "/c"):
+        assert echo.get(path).status == 404
+    samples = scrape(echo)
+    assert value(samples, "maserve_requests_total", api="other", method="GET", status="404") == 3
+    assert not any(dict(labels).get("api") in ("/a", "/b") for (_, labels) in samples)
+
+
+def test_batches_and_streams_are_measured(tmp_path):
+    sums = start_server(tmp_path, FIXTURE_MODELS / "sums", env={"MASERVE_WORKERS": "1"})
+    try:
+        conn = sums.connect()
+        try:
+            for i in range(3):
+                assert request(conn, "POST", "/", json.dumps({"numbers": [i]}).encode(),
+                               {"Content-Type": "application/json"}).status == 200
+        finally:
+            conn.close()
+        samples = scrape(sums)
+        assert value(samples, "maserve_batch_size_count") == 3 and value(samples, "maserve_batch_size_sum") == 3
+    finally:
+        sums.stop()
+    stream = start_server(tmp_path, FIXTURE_MODELS / "stream", env={"MASERVE_WORKERS": "1"})
+    try:
+        conn = stream.connect()
+        try:
+            reply = request(conn, "POST", "/stream", json.dumps({"count": 3}).encode(),
+                            {"Content-Type": "application/json"})
+            assert reply.status == 200 and reply.body.count(b"data:") == 3
+        finally:
+            conn.close()
+        samples = scrape(stream)
+        assert value(samples, "maserve_streams_total", api="/stream", outcome="ok") == 1
+        assert value(samples, "maserve_stream_first_event_seconds_count", api="/stream") == 1
+    finally:
+        stream.stop()
+
+
+def test_an_empty_path_turns_metrics_off(tmp_path):
+    server = start_server(tmp_path, ECHO_DIR, env={"MASERVE_METRICS_PATH": ""})
+    try:
+        assert server.get("/metrics").status == 404
+    finally:
+        server.stop()
+
+
+def test_a_path_config_json_declares_is_refused_at_start():
+    out = subprocess.run([str(MASERVE_BIN), "serve", str(FIXTURE_MODELS / "multi"), "--port", "1"],
+                         env={**os.environ, "MASERVE_METRICS_PATH": "/sum"}, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2
+    assert "MASERVE_METRICS_PATH /sum is also a path of config.json" in out.stdout + out.stderr
