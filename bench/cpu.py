@@ -12,7 +12,8 @@ hits both alike.
     .venv/bin/python bench/cpu.py --servers maserve,maserve@/tmp/old   # A/B against another checkout
 
 `NAME@DIR` runs server NAME from the checkout DIR (its src/ on PYTHONPATH, its examples/mnist as the
-model), e.g. a `git worktree` of the commit to compare against.
+model), e.g. a `git worktree` of the commit to compare against. `NAME+VAR=VALUE` sets an environment
+variable for it: `--servers maserve,maserve+MASERVE_METRICS_PATH=` compares metrics on and off.
 """
 
 from __future__ import annotations
@@ -42,9 +43,11 @@ class Rounds:
 
 
 def start(label: str, venv_bin: Path, workers: int, logdir: str) -> tuple[run.ServerSpec, subprocess.Popen]:
-    name, _, checkout = label.partition("@")
+    server, *assignments = label.split("+")
+    name, _, checkout = server.partition("@")
     model_dir = (Path(checkout) if checkout else run.REPO) / "examples" / "mnist"
     spec = run.server_spec(name, venv_bin, model_dir.resolve(), workers)
+    spec.env.update(assignment.split("=", 1) for assignment in assignments)  # type: ignore[arg-type]
     if checkout:
         spec.env["PYTHONPATH"] = f"{Path(checkout).resolve() / 'src'}:{run.REPO}"
     stdout_path = os.path.join(logdir, f"{label.replace('/', '_')}.out")

@@ -13,6 +13,7 @@ The request/response path below the routing lives in maserve.http (calls, body, 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import json
 import logging
@@ -42,7 +43,7 @@ from maserve.http.body import BODY_TIMEOUT_STATE, ClientGone, read_body
 from maserve.http.calls import Route, predict_one, start_stream
 from maserve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from maserve.metrics import Metrics
-from maserve.logs import ACCESS_LOGGER, IterationLog, fields, flush_handlers
+from maserve.logs import ACCESS_LOGGER, TRACE_ID, IterationLog, fields, flush_handlers, trace_id_of
 from maserve.model import Model, load_model, serves_batches
 from maserve.openapi import OPENAPI_URL, openapi_document
 from maserve.readiness import Drain, StartupGate, StopFlag
@@ -176,7 +177,7 @@ class MaserveApp:
     # -- HTTP ---------------------------------------------------------------------------------
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        request_id = b""
+        request_id = traceparent = b""
         content_type = b""
         content_length: int | None = None
         for name, value in scope["headers"]:
@@ -186,7 +187,10 @@ class MaserveApp:
                 content_length = int(value) if value.isdigit() else None
             elif name == b"x-request-id":
                 request_id = value
+            elif name == b"traceparent":
+                traceparent = value
         request_id = self._checked_request_id(request_id)
+        trace_id = trace_id_of(traceparent) if traceparent else None
         method: str = scope["method"]
         path: str = scope["path"]
         error: ServiceError | None = None
@@ -202,7 +206,9 @@ class MaserveApp:
                 return
             else:
                 route = self._route(path, method)
-                answer = await self._answer(route, receive, content_type, content_length)
+                if trace_id is not None:
+                    TRACE_ID.set(trace_id)  # this request's task; the inference thread gets a copy
+                answer = await self._answer(route, receive, content_type, content_length, trace_id is not None)
                 if isinstance(answer, PendingStream):
                     await self._stream(answer, send, headers, request_id, method, path, started)
                     return
@@ -233,7 +239,10 @@ class MaserveApp:
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
-        self.log_request(request_id, method, path, status, started, len(body), error)
+        if trace_id is None:
+            self.log_request(request_id, method, path, status, started, len(body), error)
+        else:
+            self.log_request(request_id, method, path, status, started, len(body), error, trace_id=trace_id)
 
     async def _scrape(self, send: Send, method: str) -> None:
         assert self.metrics is not None
@@ -310,7 +319,7 @@ class MaserveApp:
         return routes
 
     async def _answer(
-        self, route: Route, receive: Receive, content_type: bytes, content_length: int | None
+        self, route: Route, receive: Receive, content_type: bytes, content_length: int | None, traced: bool = False
     ) -> bytes | PendingStream:
         boundary = check_content_type(route.api, content_type)
         limit = self.settings.max_body_bytes
@@ -328,11 +337,18 @@ class MaserveApp:
         try:
             async with asyncio.timeout_at(deadline):
                 assert self._model is not None
+                # traced: the model's log lines in the inference thread carry the trace id (a copy of
+                # this task's context); a batch serves several callers, so batched ones do not.
+                run = contextvars.copy_context().run if traced else _call
                 if route.streams:
-                    answer = await loop.run_in_executor(self._executor, start_stream, self._model, route, body, boundary)
+                    answer = await loop.run_in_executor(self._executor, run, start_stream, self._model, route, body,
+                                                        boundary)
                     return answer if isinstance(answer, bytes) else await self._first_event(answer, receive)
                 if self._batcher is not None:
                     return await self._batcher.submit(loop, route, body, boundary)
+                if traced:
+                    return await loop.run_in_executor(self._executor, run, predict_one, self._model, route, body,
+                                                      boundary)
                 return await loop.run_in_executor(self._executor, predict_one, self._model, route, body, boundary)
         except TimeoutError:
             if route.streams:
@@ -430,6 +446,10 @@ class MaserveApp:
         values["error_msg"] = error.message
         level = logging.ERROR if status >= 500 else logging.WARNING
         self._access_log.log(level, f"{kind} failed", values)
+
+
+def _call(function: Callable[..., Any], *args: Any) -> Any:
+    return function(*args)
 
 
 @dataclass

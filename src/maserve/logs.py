@@ -7,9 +7,11 @@ one formatter shapes every line. Structured values travel in `extra={"fields": {
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import logging.config
+import re
 import time
 from typing import Any, Callable
 
@@ -143,6 +145,37 @@ class IterationLog:
             self._logger.log(level, message, extra={_FIELDS: values})
 
 
+# The caller's W3C trace id during a request (maserve.app sets it from `traceparent`): the model's
+# own log lines then carry it too, so that logs join the caller's traces.
+TRACE_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("maserve_trace_id", default=None)
+# version-traceid-parentid-flags; version ff is invalid, as are all-zero ids (W3C Trace Context).
+_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+
+
+def trace_id_of(traceparent: bytes) -> str | None:
+    """The trace id of a valid `traceparent` header, else None (an invalid one is ignored, as the
+    W3C recommendation says: the request is served as if it came without one)."""
+    match = _TRACEPARENT.fullmatch(traceparent.strip())
+    if match is None:
+        return None
+    version, trace, parent, _, rest = match.groups()
+    if version == b"ff" or (version == b"00" and rest) or trace == b"0" * 32 or parent == b"0" * 16:
+        return None
+    return trace.decode()
+
+
+class _TraceContext(logging.Filter):
+    """Adds the request's trace id to a record made while it is handled (in its task or thread)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        trace = TRACE_ID.get()
+        if trace is not None:
+            values = getattr(record, _FIELDS, None) or {}
+            if "trace_id" not in values:
+                setattr(record, _FIELDS, {**values, "trace_id": trace})
+        return True
+
+
 class _DropSocketCloseNoise(logging.Filter):
     """gunicorn's worker re-closes sockets uvicorn already closed at shutdown: EBADF, harmless."""
 
@@ -157,7 +190,7 @@ def logging_config(log_format: str) -> dict[str, Any]:
         "class": f"{__name__}.TickStreamHandler",
         "stream": "ext://sys.stdout",
         "formatter": "maserve",
-        "filters": ["socket_close_noise"],
+        "filters": ["socket_close_noise", "trace_context"],
     }
 
     def logger(level: str) -> dict[str, Any]:
@@ -167,7 +200,8 @@ def logging_config(log_format: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"maserve": {"()": f"{__name__}.{formatter.__name__}"}},
-        "filters": {"socket_close_noise": {"()": f"{__name__}._DropSocketCloseNoise"}},
+        "filters": {"socket_close_noise": {"()": f"{__name__}._DropSocketCloseNoise"},
+                    "trace_context": {"()": f"{__name__}._TraceContext"}},
         # gunicorn's defaults name these two handlers; pointing both at stdout keeps stderr empty.
         "handlers": {"stdout": handler, "console": handler, "error_console": handler},
         "loggers": {
