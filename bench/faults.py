@@ -62,13 +62,17 @@ class Outcome:
 class Server:
     """maserve on MNIST under `ulimit -n`, its output in a file."""
 
+    checkout: Path | None = None  # --before: serve from this checkout's src/ instead
+
     def __init__(self, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="bench-faults-", suffix=".log", delete=False)
         full_env = {**os.environ, "MASERVE_HOST": HOST, "MASERVE_PORT": str(self.port), "MASERVE_WORKERS": "2",
                     "MASERVE_GRACE_SECONDS": "0", "MASERVE_MODEL_DIR": str(MNIST), **(env or {})}
-        maserve = Path(sys.executable).parent / "maserve"
-        self.proc = subprocess.Popen(["sh", "-c", f'ulimit -n {OPEN_FILES} && exec "$0" serve', str(maserve)],
+        if self.checkout is not None:
+            full_env["PYTHONPATH"] = str(self.checkout.resolve() / "src")
+        command = f'ulimit -n {OPEN_FILES} && exec "$0" -m maserve serve'
+        self.proc = subprocess.Popen(["sh", "-c", command, sys.executable],
                                      env=full_env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         if not wait_for(lambda: health(self.port) == 200, 60):
             self.stop()
@@ -296,6 +300,8 @@ def render(outcomes: list[Outcome]) -> str:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=f"any of {', '.join(SCENARIOS)} [all]")
+    parser.add_argument("--before", type=Path, metavar="DIR",
+                        help="also run the floods against the maserve checkout DIR (e.g. a git worktree)")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
     unknown = set(args.scenarios) - set(SCENARIOS)
@@ -307,6 +313,15 @@ def main(argv: list[str]) -> int:
     for name in args.scenarios or list(SCENARIOS):
         print(f"[faults] {name}", file=sys.stderr, flush=True)
         outcomes.append(SCENARIOS[name]())
+        if args.before is not None and name.endswith(("flood", "slowloris")):
+            print(f"[faults] {name}, served by {args.before}", file=sys.stderr, flush=True)
+            Server.checkout = args.before
+            try:
+                before = SCENARIOS[name]()
+            finally:
+                Server.checkout = None
+            before.scenario += f" (before: {report.git_revision(args.before)})"
+            outcomes.append(before)
     text = render(outcomes)
     print(text)
     if args.output:

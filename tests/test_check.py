@@ -16,7 +16,7 @@ import pytest
 from helpers import MASERVE_BIN, MNIST_DIR, ROOT, Server, free_port, mnist_model_present
 
 pytestmark = pytest.mark.skipif(not mnist_model_present(), reason="examples/mnist/model.onnx is trained separately")
-NAMES = ["config", "port", "health", "apis", "websocket", "logs", "keepalive", "shutdown"]
+NAMES = ["config", "port", "health", "apis", "websocket", "logs", "metrics", "keepalive", "shutdown"]
 NO_CONFIG_NAMES = [n for n in NAMES if n != "websocket"]  # the MNIST example's WebSocket api is unknown
 
 
@@ -72,7 +72,8 @@ def test_a_running_service_by_url(mnist_server: Server) -> None:
                     "--port", str(mnist_server.port), "--keepalive-seconds", "2", "--json")
     report = json.loads(out.stdout)
     assert verdicts(out) == {"config": "PASS", "port": "PASS", "health": "PASS", "apis": "PASS",
-                             "websocket": "PASS", "logs": "SKIP", "keepalive": "PASS", "shutdown": "SKIP"}, out.stdout
+                             "websocket": "PASS", "logs": "SKIP", "metrics": "PASS", "keepalive": "PASS",
+                             "shutdown": "SKIP"}, out.stdout
     assert out.returncode == 0 and report["ok"] is True
     assert set(report["results"][0]) == {"check", "verdict", "evidence", "spec"}
     spec = Path("/work/shared/spec/modelarts-custom-image-spec.txt")
@@ -139,7 +140,7 @@ def test_a_command_that_never_listens_skips_the_http_checks() -> None:
     assert "exited with code 3" in evidence(out, "port") and "starting" in evidence(out, "port")
     # no config given: no websocket row (its apis are unknown)
     assert found == {"config": found["config"], "port": "FAIL", **{n: "SKIP" for n in
-                     ["health", "apis", "logs", "keepalive", "shutdown"]}}
+                     ["health", "apis", "logs", "metrics", "keepalive", "shutdown"]}}
 
 
 @pytest.mark.parametrize(

@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MASERVE = Path(sys.executable).parent / "maserve"
 SERVER = "tests/broken/server.py"  # relative to ROOT, the checker's working directory
 CONFIG = "tests/broken/config.json"  # samples/ next to it: seven.png and expected.json
-CHECKS = ["config", "port", "health", "apis", "logs", "keepalive", "shutdown"]
-HTTP_CHECKS = {"health", "apis", "logs", "keepalive", "shutdown"}
+CHECKS = ["config", "port", "health", "apis", "logs", "metrics", "keepalive", "shutdown"]
+HTTP_CHECKS = {"health", "apis", "logs", "metrics", "keepalive", "shutdown"}
 DEFAULT_OPTIONS = {"--grace": "3", "--stop-bound": "20", "--keepalive-seconds": "3"}
 RUN_TIMEOUT = 180  # one checker run: start, a few requests, idle 3-8 s, 3 s grace, up to 20 s stop
 
@@ -71,6 +71,7 @@ CASES = [
     pytest.param("past-90s", "shutdown", [], {"--grace": "3", "--stop-bound": "8"}, id="past-90s"),
     pytest.param("bad-schema", "apis", [], {}, id="bad-schema"),
     pytest.param("no-logs", "logs", [], {}, id="no-logs"),
+    pytest.param("metrics-garbage", "metrics", [], {}, id="metrics-garbage"),
 ]
 
 

@@ -24,7 +24,7 @@ from maserve.check.image import default_engine, engine_works
 
 IMAGE = os.environ.get("MASERVE_TEST_IMAGE", "maserve-mnist:check")
 BASE = os.environ.get("MASERVE_TEST_BASE", "localhost/debian-python:bookworm")
-NAMES = ["config", "port", "health", "apis", "websocket", "logs", "keepalive", "shutdown",
+NAMES = ["config", "port", "health", "apis", "websocket", "logs", "metrics", "keepalive", "shutdown",
          "boot", "size", "user", "batch-deps", "secrets"]
 
 
@@ -138,7 +138,7 @@ def test_image_facts_without_an_engine() -> None:
                                             "Env": ["PATH=/opt/venv/bin", "GPG_KEY=ABCD"]}}
     probe = Probe(boot_file=True, tools={"python3"}, users={"1000": "ma-user"}, scanned=24)
     found = {r.check: r for r in image_checks(good, probe, Options())}
-    assert [found[n].verdict for n in NAMES[8:]] == ["PASS", "PASS", "PASS", "WARN", "PASS"]
+    assert [found[n].verdict for n in NAMES[9:]] == ["PASS", "PASS", "PASS", "WARN", "PASS"]
     assert "ma-user" in found["user"].evidence and "java, zip" in found["batch-deps"].evidence
     assert {r.check: r.verdict for r in image_checks(good, probe, Options(batch=True))}["batch-deps"] == "FAIL"
 
@@ -152,7 +152,7 @@ def test_image_facts_without_an_engine() -> None:
 
     probe = Probe(boot_file=False, findings={"password": ["/app/settings.ini"]})
     found = {r.check: r for r in image_checks(bad, probe, Options())}
-    assert [found[n].verdict for n in NAMES[8:]] == ["FAIL", "FAIL", "WARN", "WARN", "WARN"]
+    assert [found[n].verdict for n in NAMES[9:]] == ["FAIL", "FAIL", "WARN", "WARN", "WARN"]
     assert "Entrypoint" in found["boot"].evidence and "/home/run.sh is not in the image" in found["boot"].evidence
     assert "HUAWEICLOUD_SDK_SK" in found["secrets"].evidence and "MY_TOKEN" in found["secrets"].evidence
     assert "/app/settings.ini" in found["secrets"].evidence and "=x" not in found["secrets"].evidence

@@ -24,7 +24,7 @@ def test_stream_and_websocket_rows_pass_on_maserve():
     out = run_check("--cmd", "sh image/run.sh", "--port", str(port), "--grace", "3", "--keepalive-seconds", "1",
                     "--config", str(STREAM_DIR), "--json", env=env, timeout=180)
     found = rows(out)
-    assert list(found) == ["config", "port", "health", "apis", "stream", "websocket", "logs", "keepalive", "shutdown"]
+    assert list(found) == ["config", "port", "health", "apis", "stream", "websocket", "logs", "metrics", "keepalive", "shutdown"]
     assert all(r["verdict"] == "PASS" for r in found.values()), out.stdout
     assert "3 events" in found["stream"]["evidence"]
     assert "closed with 1001" in found["websocket"]["evidence"]

@@ -94,3 +94,11 @@ def test_a_client_that_never_reads_its_answer_is_dropped(server):
         assert received < 40_000_000
     finally:
         sock.close()
+
+
+def test_bytes_that_are_not_http_get_a_json_400_and_close(server):
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"GARBAGE\r\n\r\n")
+        status, body, _ = reply_of(sock)
+    assert status == 400 and body["error_code"] == "MASERVE.MALFORMED_REQUEST"
+    assert healthy(server)

@@ -1,6 +1,6 @@
 """The command line: `maserve serve` (every flag mirrors a MASERVE_* variable), `maserve config
-validate`, `maserve init`, `maserve predict`, `maserve check`, `maserve batch`, `maserve build` and
-`maserve base-image`."""
+validate`, `maserve init`, `maserve predict`, `maserve check`, `maserve batch`, `maserve build`,
+`maserve base-image` and `maserve deploy k8s`."""
 
 from __future__ import annotations
 
@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
 
     batch_cli.add_parser(commands)
     _build_parsers(commands)
+    from maserve.deploy import cli as deploy_cli
+
+    deploy_cli.add_parser(commands)
     return parser
 
 
@@ -122,6 +125,8 @@ def _check_parser(commands: argparse._SubParsersAction) -> None:
     check.add_argument("--json", action="store_true", help="print the results as JSON")
     check.add_argument("--keepalive-seconds", type=float, default=15.0, metavar="N", help="idle time tested [15]")
     check.add_argument("--full", action="store_true", help="test the spec's full 200 s keep-alive")
+    check.add_argument("--metrics-path", default="/metrics", metavar="PATH",
+                       help="where Prometheus metrics are expected [/metrics]")
     check.add_argument("--grace", type=float, default=60.0, metavar="S", help="the service's grace period [60]")
     check.add_argument("--stop-bound", type=float, default=90.0, metavar="S", help="exit limit after SIGTERM [90]")
     check.add_argument("--port", type=int, default=8080, metavar="P", help="the port ModelArts calls [8080]")
@@ -158,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         return _build(args)
     if args.command == "base-image":
         return _base_image(args)
+    if args.command == "deploy":
+        from maserve.deploy.cli import main as deploy_main
+
+        return deploy_main(args)
     return 2  # pragma: no cover - argparse enforces the command
 
 
@@ -232,6 +241,7 @@ def _check(args: argparse.Namespace) -> int:
         port=args.port,
         https=args.https,
         keepalive_seconds=200.0 if args.full else args.keepalive_seconds,
+        metrics_path=args.metrics_path,
         grace=args.grace,
         stop_bound=args.stop_bound,
         image=args.image,

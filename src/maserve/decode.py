@@ -83,19 +83,29 @@ def decode(api: ApiSpec, body: bytes, boundary: bytes | None, schema: RequestSch
         files, fields = _parse_multipart(body, boundary)
         _check_declared(api, files, fields)
         if schema is not None:
-            schema.convert_form(fields)
-            schema.validate(fields)
+            _validate(schema, fields, convert=True)
         return _inputs(api, files, fields)
     if api.request_content_type == JSON:
         fields = _parse_json(api, body)
         if schema is not None:
-            schema.validate(fields)
+            _validate(schema, fields)
         return _inputs(api, {}, fields)
     if api.request_content_type == ANY:  # no apis declared: multipart when it came so, else JSON
         if boundary is not None:
             return _inputs(api, *_parse_multipart(body, boundary))
         return _inputs(api, {}, _parse_json(api, body))
     return _inputs(api, {}, {"body": body})
+
+
+def _validate(schema: RequestSchema, fields: dict[str, Any], convert: bool = False) -> None:
+    """Convert form text (for multipart) and validate; a value nested so deep that converting it or
+    writing the validator's message runs out of recursion is the caller's 400, not a 500."""
+    try:
+        if convert:
+            schema.convert_form(fields)
+        schema.validate(fields)
+    except RecursionError:
+        raise InvalidInput("the request is nested too deeply", error_code="MASERVE.INVALID_FIELD") from None
 
 
 def _inputs(api: ApiSpec, files: dict[str, UploadedFile], fields: dict[str, Any]) -> Inputs:
@@ -122,7 +132,12 @@ def _split_multipart(body: bytes, boundary: bytes) -> list[tuple[dict[bytes, byt
         if body.startswith(b"--", pos):
             return parts
         if not body.startswith(b"\r\n", pos):
-            raise MalformedRequest("malformed multipart body: a boundary line is not followed by CRLF")
+            # Transport padding (spaces, tabs) may follow a delimiter: RFC 2046 §5.1.1 says receivers
+            # MUST handle it. Rare, so checked only here, off the common path.
+            while body.startswith((b" ", b"\t"), pos):
+                pos += 1
+            if not body.startswith(b"\r\n", pos):
+                raise MalformedRequest("malformed multipart body: a boundary line is not followed by CRLF")
         pos += 2
         if body.startswith(b"\r\n", pos):
             head_end, raw_headers = pos, b""
@@ -187,11 +202,30 @@ def _check_declared(api: ApiSpec, files: dict[str, UploadedFile], fields: dict[s
             raise InvalidInput(f"missing required {kind}field '{name}'", error_code="MASERVE.MISSING_FIELD")
 
 
+class _NotJson(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NotJson(f"{name} is not a JSON number (RFC 8259 §6)")
+
+
+# Built once: json.loads with a keyword builds a decoder per call.
+_decode_json = json.JSONDecoder(parse_constant=_reject_constant).decode
+
+
 def _parse_json(api: ApiSpec, body: bytes) -> dict[str, Any]:
+    # Python's json reads NaN and Infinity (not JSON: a NaN passes every minimum/maximum of a schema);
+    # it raises ValueError, not JSONDecodeError, for an integer of more than sys.get_int_max_str_digits()
+    # digits, and RecursionError for arrays or objects nested deeper than the recursion limit.
     try:
-        value = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        value = _decode_json(body.decode(json.detect_encoding(body), "surrogatepass"))  # as json.loads reads bytes
+    except (UnicodeDecodeError, json.JSONDecodeError, _NotJson) as exc:
         raise MalformedRequest(f"the body is not valid JSON: {exc}") from None
+    except ValueError:
+        raise MalformedRequest("the body is not valid JSON: a number has too many digits") from None
+    except RecursionError:
+        raise MalformedRequest("the body is not valid JSON: it is nested too deeply") from None
     if not isinstance(value, dict):
         raise InvalidInput("the JSON body must be an object", error_code="MASERVE.INVALID_FIELD")
     for name in api.required_fields:

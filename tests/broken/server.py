@@ -35,6 +35,7 @@ DEFECTS = {
     "past-90s": "after the grace and the drain, hangs and never exits: ModelArts kills it at 90 s",
     "bad-schema": 'answers {"mnist_result": "seven"}: breaks the response schema (integer 0-9)',
     "no-logs": "writes nothing to stdout: the spec wants logs on standard output",
+    "metrics-garbage": "GET /metrics answers 200 with text that is not Prometheus' format: a scraper drops it",
 }
 
 IDLE_SECONDS = 210.0  # keep-alive idle timeout; the spec asks for at least 200 s
@@ -138,7 +139,13 @@ class Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length)
 
     def do_GET(self) -> None:
-        if self.path.split("?")[0] != "/health":
+        if self.path.split("?")[0] == "/metrics":
+            if self.state.defect == "metrics-garbage":
+                self.reply(200, b"requests_total{oops 1\n", "text/plain")
+            else:
+                self.reply(200, b"# HELP requests_total Requests.\n# TYPE requests_total counter\nrequests_total 3\n",
+                           "text/plain; version=0.0.4")
+        elif self.path.split("?")[0] != "/health":
             self.reply_json(404, {"error_code": "NOT_FOUND", "error_msg": f"no route GET {self.path}"})
         elif self.state.defect == "health-True":
             self.reply_json(200, {"health": "True"})

@@ -22,6 +22,8 @@ SPEC = {
     "websocket": "(ModelArts docs) WebSocket upgrade: only for images that speak WebSocket; messages over 64 KB "
     "are split into frames",
     "logs": "Configure standard output so that logs can be properly displayed.",
+    "metrics": "(ModelArts docs) the newer stack can scrape an image's own metrics path (http,8080,metrics), "
+    "in Prometheus text",
     "keepalive": "To ensure that services are not interrupted during a rolling upgrade, set HTTP keep-alive to 200.",
     "shutdown": "capture SIGTERM signals in the container and wait for 60s before gracefully exiting … "
     "processes all received requests. The whole duration is not longer than 90s.",

@@ -8,6 +8,7 @@ from typing import Any
 from maserve.check import image
 from maserve.check.keepalive import check_keepalive
 from maserve.check.load import Call
+from maserve.check.metrics import check_metrics
 from maserve.check.result import FAIL, SKIP, Result, one_line, progress
 from maserve.check.samples import Sample, all_samples
 from maserve.check.service import URL_HEALTH_WAIT, check_apis, check_logs, wait_healthy
@@ -105,6 +106,7 @@ def _http_checks(target: Target, options: Options, config: ModelConfig | None, r
         websocket, hold = check_websockets(target, config.apis, samples, options)
     flat = [s for group in samples.values() for s in group if s.method != "WEBSOCKET"]
     out.append(check_logs(target, health_path, flat[0] if flat else None))
+    out.append(check_metrics(target, options.metrics_path))
     out.append(check_keepalive(target, health_path, options.keepalive_seconds))
     calls = [Call(s.method, s.url, s.body, s.headers) for s in flat] or [Call("GET", health_path, None, {})]
     terminated = threading.Event()
@@ -123,7 +125,7 @@ def _http_rows(config: ModelConfig | None) -> list[str]:
     apis = config.apis if config is not None else ()
     extra = ["stream"] if any(a.response_content_type == EVENT_STREAM and not a.websocket for a in apis) else []
     extra += ["websocket"] if any(a.websocket for a in apis) else []
-    return ["health", "apis", *extra, "logs", "keepalive", "shutdown"]
+    return ["health", "apis", *extra, "logs", "metrics", "keepalive", "shutdown"]
 
 
 def _config(options: Options) -> ModelConfig | None:

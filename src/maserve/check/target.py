@@ -29,6 +29,7 @@ class Options:
     port: int = 8080
     https: bool = False
     keepalive_seconds: float = 15.0
+    metrics_path: str = "/metrics"
     grace: float = 60.0
     stop_bound: float = 90.0
     listen_timeout: float = 60.0
