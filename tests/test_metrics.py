@@ -48,6 +48,7 @@ def test_counts_are_summed_over_the_workers_and_survive_a_worker_death(echo):
         finally:
             conn.close()
     assert len(pids) == 2
+    time.sleep(1.5)  # each worker adds its counts to the shared files once a second
     for _ in range(6):  # whichever worker answers the scrape, the same totals
         samples = scrape(echo)
         assert value(samples, "maserve_requests_total", api="/echo", method="POST", status="200") == 20
@@ -76,6 +77,7 @@ def test_counts_are_summed_over_the_workers_and_survive_a_worker_death(echo):
 def test_unknown_paths_share_one_label_and_errors_keep_their_status(echo):
     for path in ("/a", "/b", "/c"):
         assert echo.get(path).status == 404
+    time.sleep(1.5)  # the workers' counts reach the shared files within a second
     samples = scrape(echo)
     assert value(samples, "maserve_requests_total", api="other", method="GET", status="404") == 3
     assert not any(dict(labels).get("api") in ("/a", "/b") for (_, labels) in samples)
@@ -91,7 +93,9 @@ def test_batches_and_streams_are_measured(tmp_path):
                                {"Content-Type": "application/json"}).status == 200
         finally:
             conn.close()
-        samples = scrape(sums)
+        samples = scrape(sums)  # one worker: its scrape flushes its own counts first
+        assert value(samples, "maserve_request_duration_seconds_count", api="/") == 3
+        assert value(samples, "maserve_request_duration_seconds_bucket", api="/", le="+Inf") == 3
         assert value(samples, "maserve_batch_size_count") == 3 and value(samples, "maserve_batch_size_sum") == 3
     finally:
         sums.stop()

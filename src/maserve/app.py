@@ -134,6 +134,7 @@ class MaserveApp:
                     self.metrics = Metrics([*self._routes, *self._websockets, self.config.health_url])
                     self.metrics.ready = lambda: self._ready.is_set() and self._gate.all_loaded()
                     self.metrics.in_flight = self.in_flight_total
+                    self.metrics.start_flushing(asyncio.get_running_loop())
                 self._request_id_prefix = uuid.uuid4().hex[:16].encode()  # after fork: one per worker
                 self._load_task = asyncio.create_task(self._load())
                 await send({"type": "lifespan.startup.complete"})
@@ -142,6 +143,8 @@ class MaserveApp:
                     if executor is not None:
                         executor.shutdown(wait=False, cancel_futures=True)
                 self._access_log.flush()
+                if self.metrics is not None:
+                    self.metrics.flush()
                 flush_handlers(access_log)  # access lines wait for the loop's next iteration
                 await send({"type": "lifespan.shutdown.complete"})
                 return

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from bisect import bisect_left
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -22,6 +23,7 @@ CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 # From a 1 ms model to a 10 s one, and the platform's 60 s limit.
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+FLUSH_SECONDS = 1.0  # how far a worker's counts may lag in a scrape another worker answers
 OTHER_PATH = "other"  # the api label of requests to no api (404s): paths are not labels
 
 
@@ -76,30 +78,58 @@ class Metrics:
         self.first_event = Histogram("maserve_stream_first_event_seconds", "Time from a stream's request to its "
                                      "first event, by api.", ["api"], buckets=DURATION_BUCKETS)
         self._request_children: dict[tuple[str, str, int], Any] = {}
-        self._duration_children: dict[str, Any] = {}
+        self._tally: dict[tuple[str, str, int], int] = {}  # counted since the last flush
+        self._durations: dict[str, list[float]] = {}  # api → per-bucket counts (+Inf last), then the sum
         self.in_flight: Callable[[], int] | None = None  # set by the worker: the board's sum
         self.ready: Callable[[], bool] | None = None
 
-    def api_label(self, path: str) -> str:
-        return path if path in self.apis else OTHER_PATH
+    def start_flushing(self, loop: Any, every: float = FLUSH_SECONDS) -> None:
+        """Flush once a `every` seconds on the worker's loop (and once more at its shutdown)."""
+        def tick() -> None:
+            try:
+                self.flush()
+            finally:
+                loop.call_later(every, tick)
+
+        loop.call_later(every, tick)
 
     def observe_request(self, path: str, method: str, status: int, seconds: float) -> None:
-        """Count one answered request: two memory-mapped additions and one bucket's."""
+        """Count one answered request in plain memory (about 0.5 us); `flush` (every second, and
+        before a scrape) adds the counts to the shared files, where each addition takes a lock and
+        a write: three of them per request cost about 4 us, 3% of a small model's request."""
         api = path if path in self.apis else OTHER_PATH
         key = (api, method, status)
-        child = self._request_children.get(key)
-        if child is None:
-            child = self._request_children[key] = self.requests.labels(api, method, str(status))
-        child.inc()
-        duration = self._duration_children.get(api)
-        if duration is None:
-            duration = self._duration_children[api] = self.duration.labels(api)
-        duration.observe(seconds)
+        tally = self._tally
+        tally[key] = tally.get(key, 0) + 1
+        buckets = self._durations.get(api)
+        if buckets is None:
+            buckets = self._durations[api] = [0.0] * (len(DURATION_BUCKETS) + 2)
+        buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1  # Prometheus' le: the first bound >= it
+        buckets[-1] += seconds
+
+    def flush(self) -> None:
+        """Add what was counted since the last flush to the shared files."""
+        tally, self._tally = self._tally, {}
+        for key, count in tally.items():
+            child = self._request_children.get(key)
+            if child is None:
+                child = self._request_children[key] = self.requests.labels(key[0], key[1], str(key[2]))
+            child.inc(count)
+        durations, self._durations = self._durations, {}
+        for api, buckets in durations.items():
+            child = self.duration.labels(api)
+            # prometheus-client has no public call to add n observations to a bucket: its own
+            # per-bucket values (the same ones observe() adds to), checked by tests/test_metrics.py.
+            for value, count in zip(child._buckets, buckets[:-1]):
+                if count:
+                    value.inc(count)
+            child._sum.inc(buckets[-1])
 
     def render(self) -> bytes:
         """The scrape: every worker's values summed, and what is read now."""
         from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 
+        self.flush()  # this worker's latest; the others flush within a second
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         registry.register(_NowCollector(self))
