@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test image-check docker-check bench train clean
+.PHONY: run test image-check docker-check bench bench-peers train clean
 
 $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
@@ -13,7 +13,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $@
 
-# Serve the bundled MNIST model on 0.0.0.0:8080 in the foreground (Ctrl-C twice to stop at once).
+# Serve the bundled MNIST model on 0.0.0.0:8080 in the foreground (Ctrl-C twice to stop at once),
+# with the prediction page at http://127.0.0.1:8080/_maserve/ (MASERVE_PAGE_PATH; empty: none).
 run: $(STAMP)
 	MASERVE_MODEL_DIR=examples/mnist MASERVE_BIN=$(BIN)/maserve sh image/run.sh
 
@@ -31,6 +32,13 @@ docker-check: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --output bench/RESULTS.md
+
+# maserve against LitServe, Ray Serve, BentoML and the spec's Flask recipe on the MNIST and ResNet-50
+# examples (issue 16): the peers in venvs of their own (.venv-peers/, pinned), then one run of
+# bench/compare.py (about 25 minutes) into bench/RESULTS.md.
+bench-peers: $(STAMP)
+	$(BIN)/python bench/peers/setup.py
+	$(BIN)/python bench/compare.py --output bench/RESULTS.md
 
 # Retrain the MNIST model (needs torch; never part of the image).
 train:

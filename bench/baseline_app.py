@@ -25,7 +25,15 @@ from bench.mnist_model import INPUT_NAME, OUTPUT_NAME, REPO
 from bench import mnist_model
 
 MODEL_DIR = Path(os.environ.get("BASELINE_MODEL_DIR", REPO / "examples" / "mnist")).resolve()
-preprocess, session = mnist_model.load(MODEL_DIR)
+# Another model folder (examples/resnet) is served through its own service.py, as the peers serve
+# it (bench/peers/workload.py): decode + preprocess + one onnxruntime call per request.
+MNIST = (MODEL_DIR / "preprocess.py").is_file()
+if MNIST:
+    preprocess, session = mnist_model.load(MODEL_DIR)
+else:
+    from bench.peers.workload import Workload
+
+    workload = Workload(MODEL_DIR).load()
 
 app = Flask(__name__)
 
@@ -40,6 +48,11 @@ def predict():
     upload = request.files.get("images")
     if upload is None:
         return jsonify(error="multipart/form-data field 'images' (a file) is required"), 400
+    if not MNIST:
+        try:
+            return jsonify(workload.predict_one(upload.read(), upload.filename or "upload"))
+        except Exception as exc:  # the service's InvalidInput (a bad upload)
+            return jsonify(workload.error_body(exc)), getattr(exc, "status", 500)
     try:
         image = Image.open(upload.stream)
         image.load()

@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run  # noqa: E402  (bench/run.py: server specs, start/stop, wrk, CPU time)
+from servers import labelled_spec  # noqa: E402
 
 
 @dataclass
@@ -43,13 +44,7 @@ class Rounds:
 
 
 def start(label: str, venv_bin: Path, workers: int, logdir: str) -> tuple[run.ServerSpec, subprocess.Popen]:
-    server, *assignments = label.split("+")
-    name, _, checkout = server.partition("@")
-    model_dir = (Path(checkout) if checkout else run.REPO) / "examples" / "mnist"
-    spec = run.server_spec(name, venv_bin, model_dir.resolve(), workers)
-    spec.env.update(assignment.split("=", 1) for assignment in assignments)  # type: ignore[arg-type]
-    if checkout:
-        spec.env["PYTHONPATH"] = f"{Path(checkout).resolve() / 'src'}:{run.REPO}"
+    spec = labelled_spec(label, venv_bin, run.REPO / "examples" / "mnist", workers)
     stdout_path = os.path.join(logdir, f"{label.replace('/', '_')}.out")
     stderr_path = os.path.join(logdir, f"{label.replace('/', '_')}.err")
     proc = run.start_server(spec, stdout_path, stderr_path)

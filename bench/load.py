@@ -10,6 +10,7 @@ import re
 import shlex
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 from typing import Callable
 
@@ -122,6 +123,22 @@ def connections_per_process(sid: int, port: int) -> list[int]:
     return sorted(counts, reverse=True)
 
 
+def batch_counts(spec: ServerSpec) -> tuple[float, float] | None:
+    """maserve's (sum, count) of batch sizes over its workers from /metrics; None for another server,
+    or a maserve without metrics or batching."""
+    if not spec.name.startswith("maserve"):
+        return None
+    try:
+        with urllib.request.urlopen(spec.url + "metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except (OSError, ValueError):
+        return None
+    found = [re.search(rf"^maserve_batch_size_{part}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE) for part in ("sum", "count")]
+    if not all(found):
+        return None
+    return float(found[0].group(1)), float(found[1].group(1))  # type: ignore[union-attr]
+
+
 # ---------------------------------------------------------------------------------------------
 # one server, start to stop
 
@@ -130,8 +147,9 @@ def bench_server(spec: ServerSpec, args: argparse.Namespace, image: Path, expect
                  logdir: str) -> ServerRun:
     run = ServerRun(spec.name, command=shlex.join(spec.argv))
     # stdout to a file, not a pipe nobody reads (maserve writes one log line per request there).
-    stdout_path = os.path.join(logdir, f"{spec.name}.stdout.log")
-    stderr_path = os.path.join(logdir, f"{spec.name}.stderr.log")
+    stem = re.sub(r"[^\w.-]", "_", spec.name)  # a label may hold a checkout's path (NAME@DIR)
+    stdout_path = os.path.join(logdir, f"{stem}.stdout.log")
+    stderr_path = os.path.join(logdir, f"{stem}.stderr.log")
     output = lambda: server_output(stdout_path, stderr_path)  # noqa: E731
     log(f"{spec.name}: starting on {spec.url}: {run.command}")
     proc = start_server(spec, stdout_path, stderr_path)
@@ -147,6 +165,7 @@ def bench_server(spec: ServerSpec, args: argparse.Namespace, image: Path, expect
             if proc.poll() is not None:
                 raise BenchError(f"exited with code {proc.returncode} during the run\n{output()}")
             time.sleep(1.0)  # let sockets from the previous level drain
+            batches_before = batch_counts(spec)
             cpu_before = cpu_seconds(proc.pid)
             split: list[int] = []
             midway = lambda: split.extend(connections_per_process(proc.pid, spec.port))  # noqa: E731
@@ -155,6 +174,9 @@ def bench_server(spec: ServerSpec, args: argparse.Namespace, image: Path, expect
             nprocs, rss, pss = memory_of(proc.pid)
             load = LoadResult(conns, threads, r["rps"], r["p50_ms"], r["p99_ms"], r["requests"],
                               r["errors"], rss, pss, nprocs, cpu_us, split)
+            batches_after = batch_counts(spec)
+            if batches_before and batches_after and batches_after[1] > batches_before[1]:
+                load.mean_batch = (batches_after[0] - batches_before[0]) / (batches_after[1] - batches_before[1])
             run.loads.append(load)
             log(f"{spec.name}: c={conns:<3} {load.rps:9.1f} req/s  p50 {load.p50_ms:8.2f} ms  "
                 f"p99 {load.p99_ms:8.2f} ms  errors {load.error_total}  CPU {cpu_us:.0f} us/req  "

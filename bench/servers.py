@@ -70,6 +70,7 @@ class ServerSpec:
     env: dict[str, str]
     url: str
     port: int
+    health: str = "health"  # relative to url: GET it until 200 (a peer may have no /health)
 
 
 @dataclass
@@ -86,6 +87,7 @@ class LoadResult:
     nprocs: int
     cpu_us: float  # server CPU time (master + workers, user + system) per request served
     split: list[int] = field(default_factory=list)  # wrk's connections held by each process, midway
+    mean_batch: float | None = None  # maserve's mean batch size during the level (from /metrics)
 
     @property
     def error_total(self) -> int:
@@ -134,6 +136,23 @@ def server_spec(name: str, venv_bin: Path, model_dir: Path, workers: int) -> Ser
     return ServerSpec(name, argv, env, url, port)
 
 
+def labelled_spec(label: str, venv_bin: Path, model_dir: Path, workers: int) -> ServerSpec:
+    """`NAME[@CHECKOUT][+VAR=VALUE...]`: server NAME (from another checkout's src/ and the same
+    model folder name in it, with @), with extra environment variables (+); named `label`."""
+    server, *assignments = label.split("+")
+    name, _, checkout = server.partition("@")
+    if checkout:
+        model_dir = Path(checkout).resolve() / model_dir.resolve().relative_to(REPO)
+    spec = server_spec(name, venv_bin, model_dir.resolve(), workers)
+    spec.env.update(assignment.split("=", 1) for assignment in assignments)  # type: ignore[arg-type]
+    if "MASERVE_WORKERS" in spec.env and "--workers" in spec.argv:  # the flag would win over the variable
+        spec.argv[spec.argv.index("--workers") + 1] = spec.env["MASERVE_WORKERS"]
+    if checkout:
+        spec.env["PYTHONPATH"] = f"{Path(checkout).resolve() / 'src'}:{REPO}"
+    spec.name = label
+    return spec
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
@@ -178,6 +197,7 @@ def start_server(spec: ServerSpec, stdout_path: str, stderr_path: str) -> subpro
 
 def stop_server(proc: subprocess.Popen, run: ServerRun) -> None:
     """SIGTERM the master (as `docker stop` would), SIGKILL the group if it takes > 30 s."""
+    before = set(session_pids(proc.pid))  # once the master is gone, its setsid children are init's
     try:
         if proc.poll() is None:
             t0 = time.monotonic()
@@ -197,18 +217,31 @@ def stop_server(proc: subprocess.Popen, run: ServerRun) -> None:
             run.stop_note = f"had already exited (code {proc.returncode})"
     finally:
         # Whatever is left in the group (workers orphaned by a crashed master, ...).
-        leftovers = [p for p in session_pids(proc.pid) if p != proc.pid]
+        leftovers = [p for p in {*session_pids(proc.pid), *(p for p in before if _stat_fields(p) is not None)}
+                     if p != proc.pid and (_stat_fields(p) or ["Z"])[0] != "Z"]
         if leftovers:
             note = f"{len(leftovers)} process(es) still alive after the master exited: killed"
             run.stop_note = f"{run.stop_note}; {note}" if run.stop_note else note
         _killpg(proc.pid)
+        for pid in leftovers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 def _killpg(pgid: int) -> None:
+    """SIGKILL the group, and the descendants that left it for sessions of their own."""
+    stragglers = session_pids(pgid)
     try:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+    for pid in stragglers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _stat_fields(pid: int | str) -> list[str] | None:
@@ -223,15 +256,26 @@ def _stat_fields(pid: int | str) -> list[str] | None:
 
 
 def session_pids(sid: int) -> list[int]:
-    """PIDs of every process in session `sid` (the server was started with start_new_session)."""
-    pids = []
+    """PIDs of every live process in session `sid` (the server was started with start_new_session),
+    and of their descendants in sessions of their own (BentoML's supervisor calls setsid for each
+    worker): everything the server runs, counted in its CPU time and memory, killed at the end."""
+    parents: dict[int, int] = {}
+    found: set[int] = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         rest = _stat_fields(entry)
-        if rest is not None and len(rest) >= 4 and int(rest[3]) == sid and rest[0] != "Z":
-            pids.append(int(entry))
-    return pids
+        if rest is None or len(rest) < 4 or rest[0] == "Z":
+            continue
+        parents[int(entry)] = int(rest[1])
+        if int(rest[3]) == sid:
+            found.add(int(entry))
+    for _ in range(64):  # bounded: one generation per pass
+        more = {pid for pid, ppid in parents.items() if ppid in found and pid not in found}
+        if not more:
+            break
+        found |= more
+    return sorted(found)
 
 
 def cpu_seconds(sid: int) -> float:
@@ -278,7 +322,7 @@ def wait_healthy(proc: subprocess.Popen, spec: ServerSpec, output) -> float:
         if time.monotonic() > deadline:
             break
         try:
-            with urllib.request.urlopen(spec.url + "health", timeout=2) as resp:
+            with urllib.request.urlopen(spec.url + spec.health, timeout=2) as resp:
                 body = resp.read()
                 if resp.status == 200:
                     try:
@@ -313,7 +357,9 @@ def server_output(stdout_path: str, stderr_path: str) -> str:
     return "\n".join(t for t in (tail(stdout_path), tail(stderr_path)) if t) or "(the server wrote nothing)"
 
 
-def predict_once(spec: ServerSpec, image: Path, expect: int | None) -> object:
+def predict_once(spec: ServerSpec, image: Path, expect: int | dict | None) -> object:
+    """POST the image as field `images`; the answer must be {"mnist_result": expect} for a digit,
+    exactly `expect` for a dict (another model's reference answer), any JSON object for None."""
     boundary = "----maservebench" + uuid.uuid4().hex
     body = (
         f"--{boundary}\r\n"
@@ -337,6 +383,10 @@ def predict_once(spec: ServerSpec, image: Path, expect: int | None) -> object:
         answer = json.loads(raw)
     except ValueError:
         raise BenchError(f"POST / answered non-JSON: {raw[:300]!r}") from None
+    if isinstance(expect, dict):
+        if answer != expect:
+            raise BenchError(f"POST / answered {json.dumps(answer)[:300]}, expected {json.dumps(expect)[:300]}")
+        return answer
     value = answer.get("mnist_result") if isinstance(answer, dict) else None
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 9:
         raise BenchError(f'POST / answered {answer!r}, expected {{"mnist_result": <int 0-9>}}')

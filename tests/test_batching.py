@@ -79,8 +79,12 @@ def _concurrently(server: Server, texts: list[str]) -> dict[str, Reply]:
     return replies
 
 
+# HOLD makes the model look slow (1 s a request): without a budget, the queued requests still share a batch.
+GATHER_ALL = {"MASERVE_WORKERS": "1", "MASERVE_BATCH_BUDGET_SECONDS": "0"}
+
+
 def test_queued_requests_share_a_batch_and_each_gets_its_own_answer(tmp_path: Path, batch_dir: Path) -> None:
-    server = start_server(tmp_path, batch_dir, env={"MASERVE_WORKERS": "1"})
+    server = start_server(tmp_path, batch_dir, env=GATHER_ALL)
     try:
         texts = [f"item-{i}" for i in range(8)]
         replies = _concurrently(server, texts)
@@ -93,7 +97,7 @@ def test_queued_requests_share_a_batch_and_each_gets_its_own_answer(tmp_path: Pa
 
 
 def test_a_failing_item_fails_only_its_own_request(tmp_path: Path, batch_dir: Path) -> None:
-    server = start_server(tmp_path, batch_dir, env={"MASERVE_WORKERS": "1"})
+    server = start_server(tmp_path, batch_dir, env=GATHER_ALL)
     try:
         good = [f"good-{i}" for i in range(5)]
         replies = _concurrently(server, [*good, "refuse-me", "crash-me"])
@@ -105,6 +109,32 @@ def test_a_failing_item_fails_only_its_own_request(tmp_path: Path, batch_dir: Pa
         assert replies["crash-me"].status == 500
         assert replies["crash-me"].json()["error_code"] == "MASERVE.MODEL_ERROR"
         assert server.wait_log(lambda r: r.get("message") == "the model raised an exception")
+    finally:
+        server.stop()
+
+
+def test_a_batch_takes_at_most_the_size_cap(tmp_path: Path, batch_dir: Path) -> None:
+    server = start_server(tmp_path, batch_dir, env={**GATHER_ALL, "MASERVE_MAX_BATCH_SIZE": "3"})
+    try:
+        texts = [f"item-{i}" for i in range(9)]
+        replies = _concurrently(server, texts)
+        assert all(reply.status == 200 and reply.json()["echo"] == text for text, reply in replies.items())
+        assert max(reply.json()["batch"] for reply in replies.values()) == 3
+    finally:
+        server.stop()
+
+
+def test_a_slow_model_gets_batches_that_fit_the_budget(tmp_path: Path, batch_dir: Path) -> None:
+    """0.2 s a request and a 0.5 s budget: two at a time, however many wait (oldest first)."""
+    server = start_server(tmp_path, batch_dir, env={"MASERVE_WORKERS": "1", "MASERVE_BATCH_BUDGET_SECONDS": "0.5"})
+    try:
+        assert _post_text(server, "sleep:0.2").json()["batch"] == 1  # measures the model
+        texts = [f"sleep:0.2:{i}" for i in range(7)]
+        with ThreadPoolExecutor(len(texts)) as pool:
+            replies = list(pool.map(lambda t: _post_text(server, t), texts))
+        assert all(reply.status == 200 for reply in replies), [r.body for r in replies]
+        sizes = [reply.json()["batch"] for reply in replies]
+        assert max(sizes) == 2, sizes
     finally:
         server.stop()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,20 @@ def test_cli_flags_override_environment(tmp_path: Path) -> None:
 def test_bad_settings_are_refused(tmp_path: Path, env: dict, message: str) -> None:
     with pytest.raises(SettingsError, match=message.replace("(", r"\(")):
         Settings.load(env={"MASERVE_MODEL_DIR": str(tmp_path), **env})
+
+
+def test_intra_op_threads_fill_the_cores_left_to_each_worker(tmp_path: Path) -> None:
+    cores = len(os.sched_getaffinity(0))
+    load = lambda **env: Settings.load(env={"MASERVE_MODEL_DIR": str(tmp_path), **env})  # noqa: E731
+    assert load().threads_per_worker == 1  # a worker per core
+    assert load(MASERVE_WORKERS="1").threads_per_worker == cores  # one worker: every core
+    assert load(MASERVE_WORKERS=str(cores * 2)).threads_per_worker == 1
+    assert load(MASERVE_WORKERS="1", MASERVE_INTRA_OP_THREADS="3").threads_per_worker == 3
+    with pytest.raises(SettingsError, match="MASERVE_INTRA_OP_THREADS must not be negative"):
+        load(MASERVE_INTRA_OP_THREADS="-1")
+    for name, bad in (("MASERVE_MAX_BATCH_SIZE", "0"), ("MASERVE_BATCH_BUDGET_SECONDS", "-0.1")):
+        with pytest.raises(SettingsError, match=name):
+            load(**{name: bad})
 
 
 def test_model_dir_defaults_to_the_bundled_example_outside_modelarts() -> None:

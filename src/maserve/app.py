@@ -46,6 +46,7 @@ from maserve.metrics import Metrics
 from maserve.logs import ACCESS_LOGGER, TRACE_ID, IterationLog, fields, flush_handlers, trace_id_of
 from maserve.model import Model, load_model, serves_batches
 from maserve.openapi import OPENAPI_URL, openapi_document
+from maserve.page import build_page
 from maserve.readiness import Drain, StartupGate, StopFlag
 from maserve.schema import RequestSchema, ResponseSchema
 from maserve.settings import Settings, SettingsError
@@ -115,6 +116,9 @@ class MaserveApp:
         declared = OPENAPI_URL in self._routes or OPENAPI_URL == config.health_url
         self._openapi_url: str | None = None if declared else OPENAPI_URL
         self._openapi = b"" if declared else json.dumps(openapi_document(config)).encode()
+        # The prediction page (MASERVE_PAGE_PATH): static files; SettingsError if a path above lies under it.
+        self._page = build_page(settings, config, [*self._routes, *self._websockets, config.health_url,
+                                                   self._openapi_url, self._metrics_path], self._openapi_url)
 
     # -- ASGI entry ---------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -161,7 +165,8 @@ class MaserveApp:
         self._model = model
         if serves_batches(model):
             assert self._executor is not None
-            self._batcher = Batcher(model, self._executor, self.settings.request_timeout_seconds)
+            self._batcher = Batcher(model, self._executor, self.settings.request_timeout_seconds,
+                                    self.settings.max_batch_size, self.settings.batch_budget_seconds)
             if self.metrics is not None:
                 self._batcher.on_batch = self.metrics.batch_size.observe
         self._ready.set()
@@ -207,6 +212,9 @@ class MaserveApp:
             elif path == self._metrics_path and method in ("GET", "HEAD") and self.metrics is not None:
                 await self._scrape(send, method)  # not in the access log: a scraper every few seconds
                 return
+            elif self._page is not None and self._page.owns(path):
+                status, body, page_headers = self._page.reply(path, method)
+                headers[0:1] = page_headers  # its own Content-Type (HTML, script, a sample) and cache policy
             else:
                 route = self._route(path, method)
                 if trace_id is not None:

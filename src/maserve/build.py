@@ -27,6 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from maserve import build_accelerator as gpu
 from maserve.check.image import EngineError, default_engine, inspect_image
 from maserve.config import ConfigError, read_config
 from maserve.scaffold import image_name
@@ -67,6 +68,7 @@ class BuildOptions:
     pip_cert: Path | None = None  # CA bundle for the index in an online build; None: the host pip's
     network: str = ""  # the RUN steps' network (`host`: reach a mirror on the host's loopback); "": the engine's
     context_dir: Path | None = None  # render the context here and do not build
+    accelerator: str = "cpu"  # cuda: the same Dockerfile and base, GPU wheels (maserve.build_accelerator)
 
 
 def build(options: BuildOptions, say: Say) -> int:
@@ -75,6 +77,7 @@ def build(options: BuildOptions, say: Say) -> int:
         render_context(options, options.context_dir, say)
         say(f"context ready in {options.context_dir}; build it with {_engine_hint(options)}")
         return 0
+    _check_model_dir(options.model_dir)  # the model's own problems first: they need no engine to report
     engine = options.engine or default_engine()
     if shutil.which(engine) is None:
         raise BuildError(f"{engine} is not installed (install docker or podman, or pass --engine)")
@@ -118,12 +121,19 @@ def render_context(options: BuildOptions, context: Path, say: Say) -> None:
     say(f"      {len(copied)} files, {_size_of(context / 'model') / 1e6:.1f} MB")
     wheels = context / "wheels"
     wheels.mkdir()
-    say("[2/4] maserve's wheel")
-    maserve_wheel(wheels)
+    cuda = options.accelerator == "cuda"
+    say("[2/4] maserve's wheel" + (" (--accelerator cuda: depending on onnxruntime-gpu[cuda,cudnn], not onnxruntime)"
+                                   if cuda else ""))
+    maserve_wheel(wheels, options.accelerator)
     requirements = model_requirements(options.model_dir, config)
+    if cuda:
+        requirements = gpu.cuda_requirements(requirements)
     (wheels / REQUIREMENTS).write_text("".join(f"{line}\n" for line in requirements))
     if requirements:
-        say(f"      the model's requirements (config.json dependencies, requirements.txt): {', '.join(requirements)}")
+        say(f"      the model's requirements (config.json dependencies, requirements.txt"
+            f"{'; for the GPU: onnxruntime → onnxruntime-gpu, no torch +cpu' if cuda else ''}): {', '.join(requirements)}")
+    if cuda:
+        check_cuda_set(options, wheels, say)
     if options.offline:
         say(f"[3/4] downloading the dependencies' wheels for linux {platform.machine()}, "
             f"CPython {options.python_version} (--offline: no package index inside the build)")
@@ -220,9 +230,31 @@ def source_project() -> Path | None:
     return None
 
 
-def maserve_wheel(wheels: Path) -> Path:
+def check_cuda_set(options: BuildOptions, wheels: Path, say: Say) -> None:
+    """Resolve what the GPU image will install, from metadata only, before any download: refuse a
+    set that would not run on a GPU (the CPU onnxruntime in it, a +cpu torch, no CUDA wheels) and
+    say which CUDA it brings. An online build resolves inside the build, perhaps from another index:
+    there a failure to resolve on the host is only reported."""
+    maserve_whl = sorted(wheels.glob("maserve-*.whl"))[-1]
+    extra = ["--index-url", options.index_url] if options.index_url and not options.offline else []
+    try:
+        resolved = gpu.resolve([str(maserve_whl), "-r", str(wheels / REQUIREMENTS)],
+                               platform_args(options.python_version), extra=extra)
+    except gpu.ResolveError as exc:
+        if options.offline:
+            raise BuildError(f"the GPU wheel set does not resolve for the image's platform:\n{exc}") from exc
+        say(f"      (the GPU wheel set could not be resolved on the host; the build will try: {exc})")
+        return
+    found = gpu.problems(resolved)
+    if found:
+        raise BuildError("--accelerator cuda: " + "; ".join(found))
+    say(f"      GPU: {gpu.summary(resolved)}")
+
+
+def maserve_wheel(wheels: Path, accelerator: str = "cpu") -> Path:
     """Build maserve's wheel into `wheels` from a copy of its sources: the checkout's when this runs
-    from one, else a project made from the installed package and its metadata."""
+    from one, else a project made from the installed package and its metadata. For a GPU image its
+    onnxruntime dependency is onnxruntime-gpu (maserve.build_accelerator)."""
     with tempfile.TemporaryDirectory(prefix="maserve-wheel-") as tmp:
         project = Path(tmp) / "maserve"
         root = source_project()
@@ -234,6 +266,8 @@ def maserve_wheel(wheels: Path) -> Path:
                     shutil.copy2(root / name, project / name)
         else:
             installed_project(project)
+        if accelerator == "cuda":
+            gpu.swap_pyproject_dependencies(project / "pyproject.toml")
         _pip("wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), str(project))
     found = sorted(wheels.glob("maserve-*.whl"))
     if not found:
@@ -321,6 +355,8 @@ def build_command(options: BuildOptions, engine: str, context: Path) -> list[str
         command += ["--build-arg", f"INDEX_URL={options.index_url}"]
     if options.network:
         command += ["--network", options.network]
+    if options.accelerator != "cpu":  # `maserve check --image` reads it; the CPU image stays as it was
+        command += ["--label", f"{gpu.LABEL}={options.accelerator}"]
     if engine == "podman":
         command += ["--format", "docker"]  # Docker-format manifests: what SWR and `docker pull` expect
     return command + [str(context)]

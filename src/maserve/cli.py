@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
         "--request-timeout-seconds", type=float, help="504 past this [MASERVE_REQUEST_TIMEOUT_SECONDS; 60]"
     )
     serve.add_argument("--log-format", choices=["json", "text"], help="[MASERVE_LOG_FORMAT; json]")
+    serve.add_argument("--page-path", metavar="PATH",
+                       help="the prediction page, empty: none [MASERVE_PAGE_PATH; /_maserve/]")
     serve.add_argument("--tls-cert", type=Path, help="PEM certificate for https [MASERVE_TLS_CERT]")
     serve.add_argument("--tls-key", type=Path, help="PEM private key for https [MASERVE_TLS_KEY]")
     serve.add_argument(
@@ -89,6 +91,9 @@ def _build_parsers(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--base-image", default=DEFAULT_BASE, metavar="IMAGE",
                        help=f"any image with Python 3.11+ and venv [{DEFAULT_BASE}]")
     build.add_argument("--batch", action="store_true", help="add a headless JRE and zip (batch services)")
+    build.add_argument("--accelerator", choices=("cpu", "cuda"), default="cpu",
+                       help="cuda: GPU wheels (onnxruntime-gpu, CUDA libraries from PyPI) on the same base; "
+                            "the driver comes from the host [cpu]")
     build.add_argument("--offline", action="store_true",
                        help="download every wheel on the host; the build uses no package index")
     build.add_argument("--python-version", default=DEFAULT_PYTHON, metavar="X.Y",
@@ -285,6 +290,7 @@ def _build(args: argparse.Namespace) -> int:
         pip_cert=args.pip_cert,
         network=args.network,
         context_dir=args.context_only,
+        accelerator=args.accelerator,
     )
     try:
         build(options, say=lambda message: print(f"maserve build: {message}", flush=True))

@@ -79,6 +79,10 @@ class Model:
     # of per request, and no thread hand-off while batches are quick (they then run on the event
     # loop: maserve.http.batcher.INLINE_BATCH_SECONDS), is what makes a small model faster to serve.
     # `predict` is still used on its own (warm-up, `maserve predict`), so keep it consistent.
+    # A batch is also kept within MASERVE_BATCH_BUDGET_SECONDS of expected model time, and at most
+    # MASERVE_MAX_BATCH_SIZE requests or the model's own `max_batch_size` (e.g. what fits on its GPU).
+
+    max_batch_size: int | None = None
 
     def prepare(self, inputs: Inputs) -> Any:
         """Batching: one request → the item `predict_batch` takes (decode, preprocess). Raise

@@ -22,6 +22,7 @@ from gunicorn.arbiter import Arbiter
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
+from maserve import accelerator
 from maserve.app import MaserveApp
 from maserve.config import ModelConfig
 from maserve import metrics
@@ -29,7 +30,7 @@ from maserve.http import calls
 from maserve.http.limits import Guard, InFlightBoard, Limits, raise_open_file_limit
 from maserve.http.protocol import MaserveHttpProtocol
 from maserve.logs import fields, logging_config
-from maserve.settings import Settings
+from maserve.settings import THREADS_ENV, Settings
 from maserve.tls import make_self_signed
 from maserve.ws_protocol import PlatformWebSocketProtocol
 
@@ -77,6 +78,11 @@ class MaserveWorker(UvicornWorker):
     async def _serve(self) -> None:
         self.config.app = self.wsgi
         settings = self.wsgi.settings
+        try:  # before the model loads: its runtime must see only this worker's GPU
+            accelerator.place_worker(self.slot, settings.device, settings.require_accelerator)
+        except accelerator.AcceleratorUnavailable as exc:
+            log.error(f"{exc}: stopping this server", extra=fields(pid=os.getpid()))
+            raise SystemExit(Arbiter.WORKER_BOOT_ERROR) from None
         self.config.ws_max_size = settings.max_body_bytes  # past it: close code 1009
         limits = Limits.derive(settings)
         MaserveHttpProtocol.guard = Guard(limits, self.wsgi.config.health_url)
@@ -229,12 +235,16 @@ def _when_ready(settings: Settings, config: ModelConfig) -> Any:
                 port=settings.port,
                 protocol="https" if config.uses_tls else "http",
                 workers=settings.workers,
+                intra_op_threads=settings.threads_per_worker,
+                device=settings.device,  # each worker's own line says where its model runs
+                gpus_visible=accelerator.inventory().count,
                 keepalive_seconds=settings.keepalive_seconds,
                 grace_seconds=settings.grace_seconds,
                 drain_seconds=settings.drain_seconds,
                 request_timeout_seconds=settings.request_timeout_seconds,
                 max_body_bytes=settings.max_body_bytes,
                 routes=[f"{api.method} {api.url}" for api in config.apis] + [f"GET {config.health_url}"],
+                page=settings.page_path or None,  # the prediction page (maserve.page); None: off
             ),
         )
 
@@ -287,6 +297,7 @@ def _on_exit(arbiter: Arbiter) -> None:
 def serve(settings: Settings, config: ModelConfig, app: MaserveApp) -> None:
     if settings.metrics_path:
         metrics.prepare_directory()  # before the fork, and before prometheus_client is imported
+    os.environ[THREADS_ENV] = str(settings.threads_per_worker)  # maserve.onnx's sessions in every worker
     before, after = raise_open_file_limit()  # before the fork: every worker inherits it
     limits = Limits.derive(settings, after)
     log.info("open-file limit and per-worker caps",

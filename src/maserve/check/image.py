@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from maserve.check import listen
+from maserve.check.accelerator import gpu_run_options
 from maserve.check.client import Endpoint
 from maserve.check.result import FAIL, PASS, SKIP, WARN, Result, one_line, progress
 from maserve.check.target import Options, Target
@@ -92,6 +93,10 @@ find {dirs} -xdev \( -path '/opt/venv/lib/*/site-packages' -o -path /proc -o -pa
 echo "files $(wc -l < "$list")"
 {greps}
 rm -f "$list"
+echo @gpu
+for d in /opt/venv/lib/python3*/site-packages /usr/local/lib/python3*/site-packages; do
+    ls -d "$d"/onnxruntime_gpu-*.dist-info "$d"/nvidia/cuda_runtime "$d"/nvidia/cu1[0-9] 2>/dev/null
+done | head -n 4
 echo @writable
 user={user}; uid=${user%%:*}; gid=${user#*:}; [ "$gid" = "$user" ] && gid=""
 case "$uid" in *[!0-9]*) uid=$(awk -F: -v n="$uid" '$1 == n {print $3}' /etc/passwd) ;; esac
@@ -131,6 +136,7 @@ class Probe:
     findings: dict[str, list[str]] = field(default_factory=dict)  # kind → paths
     home: str = ""  # the image user's home ("" when the image runs as root)
     writable: list[str] = field(default_factory=list)  # paths that user may write outside home and tmp
+    gpu_files: list[str] = field(default_factory=list)  # onnxruntime-gpu, NVIDIA's CUDA wheels: a GPU image
     error: str = ""
 
 
@@ -158,6 +164,8 @@ def probe_image(engine: str, image: str, user: str) -> Probe:
         elif section == "scan" and "\t" in line:
             kind, path = line.split("\t", 1)
             probe.findings.setdefault(kind, []).append(path)
+        elif section == "gpu" and line.startswith("/"):
+            probe.gpu_files.append(line.strip())
         elif section == "writable" and line.startswith("home "):
             probe.home = line[5:].strip()
         elif section == "writable" and line.startswith("/"):
@@ -328,8 +336,11 @@ def start_image(options: Options, engine: str) -> ImageTarget:
     args = [engine, "run", "--name", name, "-p", f"127.0.0.1:{port}:{options.port}"]
     for item in options.env:
         args += ["-e", item]
+    gpus = gpu_run_options(engine, options.accelerator)  # a GPU image on a host with GPUs gets them
+    args += gpus
     args.append(options.image)
-    progress(f"starting {options.image} as {name} ({engine}), 127.0.0.1:{port} → {options.port}")
+    progress(f"starting {options.image} as {name} ({engine}), 127.0.0.1:{port} → {options.port}"
+             + (f", with the host's GPUs ({' '.join(gpus)})" if gpus else ""))
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     endpoint = Endpoint("127.0.0.1", port, options.https)

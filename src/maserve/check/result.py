@@ -22,6 +22,9 @@ SPEC = {
     "websocket": "(ModelArts docs) WebSocket upgrade: only for images that speak WebSocket; messages over 64 KB "
     "are split into frames",
     "logs": "Configure standard output so that logs can be properly displayed.",
+    # Only for an image built for a GPU (`maserve build --accelerator cuda`, or one that holds onnxruntime-gpu).
+    "accelerator": "(ModelArts GPU flavors, not in the spec) the model should run on the GPU the service is given; "
+    "without one it must still start and answer, on the CPU",
     "metrics": "(ModelArts docs) the newer stack can scrape an image's own metrics path (http,8080,metrics), "
     "in Prometheus text",
     "keepalive": "To ensure that services are not interrupted during a rolling upgrade, set HTTP keep-alive to 200.",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from typing import Any
 
 from maserve.check import image
+from maserve.check.accelerator import check_accelerator, image_accelerator
 from maserve.check.keepalive import check_keepalive
 from maserve.check.load import Call
 from maserve.check.metrics import check_metrics
@@ -59,12 +61,15 @@ def _run_image(options: Options, results: list[Result], config: ModelConfig | No
     except image.EngineError as exc:
         probe = image.Probe(error=one_line(str(exc)))
     static = image.image_checks(info, probe, options)
+    options = dataclasses.replace(options, accelerator=image_accelerator(info, probe.gpu_files))
+    if options.accelerator != "cpu":
+        progress(f"a GPU image ({options.accelerator}): the accelerator row reads where its workers' model runs")
     try:
         target = image.start_image(options, engine)
     except OSError as exc:
         reason = f"{engine} run failed: {exc}"
         return (results + [Result("port", FAIL, one_line(reason))]
-                + [Result(n, SKIP, reason) for n in _http_rows(config)] + static)
+                + [Result(n, SKIP, reason) for n in _http_rows(config, options)] + static)
     return results + _service_checks(target, options, config, raw, health_path) + static
 
 
@@ -79,7 +84,7 @@ def _service_checks(target: Target, options: Options, config: ModelConfig | None
         results.append(port)
         if not reachable:
             return results + [Result(name, SKIP, "the service never listened on the expected port")
-                              for name in _http_rows(config)]
+                              for name in _http_rows(config, options)]
         results += _http_checks(target, options, config, raw, health_path)
     finally:
         target.cleanup()
@@ -106,6 +111,8 @@ def _http_checks(target: Target, options: Options, config: ModelConfig | None, r
         websocket, hold = check_websockets(target, config.apis, samples, options)
     flat = [s for group in samples.values() for s in group if s.method != "WEBSOCKET"]
     out.append(check_logs(target, health_path, flat[0] if flat else None))
+    if options.accelerator not in (None, "cpu"):  # a GPU image: where its workers' model runs
+        out.append(check_accelerator(target))
     out.append(check_metrics(target, options.metrics_path))
     out.append(check_keepalive(target, health_path, options.keepalive_seconds))
     calls = [Call(s.method, s.url, s.body, s.headers) for s in flat] or [Call("GET", health_path, None, {})]
@@ -120,12 +127,14 @@ def _http_checks(target: Target, options: Options, config: ModelConfig | None, r
     return out
 
 
-def _http_rows(config: ModelConfig | None) -> list[str]:
-    """The rows of the HTTP checks: the stream and websocket rows only where config.json has such apis."""
+def _http_rows(config: ModelConfig | None, options: Options | None = None) -> list[str]:
+    """The rows of the HTTP checks: the stream and websocket rows only where config.json has such apis,
+    the accelerator row only for a GPU image."""
     apis = config.apis if config is not None else ()
     extra = ["stream"] if any(a.response_content_type == EVENT_STREAM and not a.websocket for a in apis) else []
     extra += ["websocket"] if any(a.websocket for a in apis) else []
-    return ["health", "apis", *extra, "logs", "metrics", "keepalive", "shutdown"]
+    gpu = ["accelerator"] if options is not None and options.accelerator not in (None, "cpu") else []
+    return ["health", "apis", *extra, "logs", *gpu, "metrics", "keepalive", "shutdown"]
 
 
 def _config(options: Options) -> ModelConfig | None:

@@ -37,6 +37,7 @@ class Options:
     engine: str | None = None
     env: tuple[str, ...] = ()
     batch: bool = False
+    accelerator: str | None = None  # --image: the image's (its maserve.accelerator label, or what it holds)
 
     @property
     def config_path(self) -> Path | None:

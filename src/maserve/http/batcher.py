@@ -1,7 +1,13 @@
 """Opportunistic batching for a model that implements `prepare` and `predict_batch`.
 
 The requests a worker reads in one event-loop iteration, and those that arrive while a batch
-runs, go together (at most MAX_BATCH), with no delay added. A batch runs on the event loop itself
+runs, go together, oldest first, with no delay added (no gathering window: a lone request never
+waits for company). A batch holds at most MASERVE_MAX_BATCH_SIZE requests (and the model's own
+`max_batch_size`, if it declares one), and no more than the model is expected to answer within
+MASERVE_BATCH_BUDGET_SECONDS, from its measured time per request: a small model still takes 64 at
+once, a compute-bound one (ResNet-50 on a CPU core: 80 ms a request, and a batch of 32 no faster
+per image) takes one at a time, so a request waits for the requests ahead of it and not for a
+2.6 s batch of 32 that it lands behind (bench/RESULTS.md). A batch runs on the event loop itself
 while the model is quick (its previous batch under INLINE_BATCH_SECONDS, every upload at most
 INLINE_MAX_BODY_BYTES): the hand-off to the inference thread costs two thread wake-ups per batch,
 and on a busy machine each can wait for a core; inline, a small model's p99 drops by a sixth
@@ -27,8 +33,11 @@ from maserve.model import Model
 
 log = logging.getLogger("maserve.app")
 
-# Most requests one `predict_batch` call takes; more wait for the next batch.
+# Defaults of MASERVE_MAX_BATCH_SIZE and MASERVE_BATCH_BUDGET_SECONDS (maserve.settings).
 MAX_BATCH = 64
+BATCH_BUDGET_SECONDS = 0.1
+# Weight of the newest batch in the running estimate of the model's seconds per request.
+ESTIMATE_WEIGHT = 0.3
 INLINE_BATCH_SECONDS = 0.02
 INLINE_MAX_BODY_BYTES = 64 * 1024
 
@@ -55,10 +64,15 @@ class _Batch:
 class Batcher:
     """One worker's batches: what waits for the next one, and where the next one runs."""
 
-    def __init__(self, model: Model, executor: ThreadPoolExecutor, timeout_seconds: float) -> None:
+    def __init__(self, model: Model, executor: ThreadPoolExecutor, timeout_seconds: float,
+                 max_batch_size: int = MAX_BATCH, budget_seconds: float = BATCH_BUDGET_SECONDS) -> None:
         self.model = model
         self.executor = executor
         self.timeout_seconds = timeout_seconds
+        declared = getattr(model, "max_batch_size", None)
+        self.max_batch_size = min(max_batch_size, declared) if isinstance(declared, int) and declared >= 1 else max_batch_size
+        self.budget_seconds = budget_seconds
+        self._seconds_per_request: float | None = None  # running estimate; None until a batch ran
         self._pending: list[Job] = []  # requests for the next batch
         self._busy_batches = 0  # batches in a thread, not yet stuck
         self._last_batch_seconds = math.inf  # how long the model took for the last batch (none yet)
@@ -80,7 +94,8 @@ class Batcher:
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         waiting = [job for job in self._pending if not job.future.done()]  # not yet timed out
-        jobs, self._pending = waiting[:MAX_BATCH], waiting[MAX_BATCH:]
+        size = self.batch_limit()
+        jobs, self._pending = waiting[:size], waiting[size:]
         if not jobs:
             return
         if self.on_batch is not None:
@@ -93,13 +108,30 @@ class Batcher:
         batch.watchdog = loop.call_later(self.timeout_seconds, self._stuck, loop, batch)
         self.executor.submit(self._run_in_thread, loop, batch)
 
+    def batch_limit(self) -> int:
+        """How many waiting requests the next batch takes: the size cap, lowered so that the batch
+        is expected to end within the budget (at least one; the first batch is one request)."""
+        per_request = self._seconds_per_request
+        if per_request is None:
+            return 1
+        if self.budget_seconds <= 0 or per_request * self.max_batch_size <= self.budget_seconds:
+            return self.max_batch_size
+        return max(1, int(self.budget_seconds / per_request))
+
+    def _measured(self, seconds: float, size: int) -> None:
+        self._last_batch_seconds = seconds
+        per_request = seconds / size
+        estimate = self._seconds_per_request
+        self._seconds_per_request = per_request if estimate is None else (
+            estimate + ESTIMATE_WEIGHT * (per_request - estimate))
+
     def _run_inline(self, loop: asyncio.AbstractEventLoop, jobs: list[Job]) -> None:
         """Answer a batch on the event loop (a quick model, small uploads: see INLINE_BATCH_SECONDS)."""
         started = time.perf_counter()
         outcomes = self._answer(jobs)
-        self._last_batch_seconds = time.perf_counter() - started
+        self._measured(time.perf_counter() - started, len(jobs))
         _hand_out(jobs, outcomes)
-        if self._pending:  # more than MAX_BATCH were waiting: after this iteration's replies are out
+        if self._pending:  # more were waiting than one batch takes: after this iteration's replies are out
             loop.call_soon(self._start_if_idle, loop)
 
     def _stuck(self, loop: asyncio.AbstractEventLoop, batch: _Batch) -> None:
@@ -132,7 +164,7 @@ class Batcher:
             assert batch.watchdog is not None
             batch.watchdog.cancel()
             self._busy_batches -= 1
-        self._last_batch_seconds = seconds
+        self._measured(seconds, len(batch.jobs))
         _hand_out(batch.jobs, outcomes)
         if self._pending and self._busy_batches == 0:  # after this iteration's replies are out
             loop.call_soon(self._start_if_idle, loop)
