@@ -38,10 +38,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from specs import PEERS, kill_leftovers, missing_peers, peer_spec, tree_cpu_seconds, tree_memory, tree_snapshot  # noqa: E402
+from specs import PEERS, missing_peers, peer_spec  # noqa: E402
 
 from load import run_wrk  # noqa: E402
-from servers import REPO, BenchError, ServerRun, server_output, server_spec, start_server, stop_server  # noqa: E402
+from servers import (REPO, BenchError, ServerRun, cpu_seconds, memory_of, server_output, server_spec,  # noqa: E402
+                     start_server, stop_server, wait_healthy)
 
 PROJECT_PYTHON = REPO / ".venv" / "bin" / "python"
 MODELS = {
@@ -49,7 +50,6 @@ MODELS = {
     "resnet": (REPO / "examples" / "resnet", REPO / "examples" / "resnet" / "samples" / "sample.jpg"),
 }
 BAD_UPLOAD = REPO / "README.md"
-HEALTH_TIMEOUT_S = 180.0
 CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".md": "text/markdown"}
 
 
@@ -92,26 +92,7 @@ def post_file(url: str, path: Path, timeout: float = 30) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def wait_ready(proc: subprocess.Popen, url: str, output) -> float:
-    t0 = time.monotonic()
-    last = "no answer yet"
-    while time.monotonic() - t0 < HEALTH_TIMEOUT_S:
-        if proc.poll() is not None:
-            raise BenchError(f"exited with code {proc.returncode} before it was healthy\n{output()}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return time.monotonic() - t0
-                last = f"HTTP {resp.status}"
-        except urllib.error.HTTPError as exc:
-            last = f"HTTP {exc.code}"
-        except (urllib.error.URLError, OSError) as exc:
-            last = str(getattr(exc, "reason", exc))
-        time.sleep(0.2)
-    raise BenchError(f"{url} not 200 within {HEALTH_TIMEOUT_S:.0f} s (last: {last})\n{output()}")
-
-
-def check_one(name: str, spec, health_url: str, model: str, expected: object, args, logdir: str) -> dict:
+def check_one(name: str, spec, model: str, expected: object, args, logdir: str) -> dict:
     model_dir, image = MODELS[model]
     row = {"peer": name, "model": model, "startup_s": None, "answer_ok": False, "answer": None,
            "bad_status": None, "bad_body": "", "rps": None, "p50_ms": None, "p99_ms": None, "errors": None,
@@ -123,7 +104,7 @@ def check_one(name: str, spec, health_url: str, model: str, expected: object, ar
     proc = start_server(spec, out, err)
     run = ServerRun(name)
     try:
-        row["startup_s"] = wait_ready(proc, health_url, output)
+        row["startup_s"] = wait_healthy(proc, spec, output)
         status, raw = post_file(spec.url, image)
         try:
             answer = json.loads(raw)
@@ -136,10 +117,10 @@ def check_one(name: str, spec, health_url: str, model: str, expected: object, ar
         status, raw = post_file(spec.url, BAD_UPLOAD)
         row["bad_status"], row["bad_body"] = status, raw[:160].decode(errors="replace")
         time.sleep(0.5)
-        cpu0 = tree_cpu_seconds(proc.pid)
+        cpu0 = cpu_seconds(proc.pid)
         _, r = run_wrk(spec.url, image, args.connections, args.duration)
-        cpu_us = (tree_cpu_seconds(proc.pid) - cpu0) / max(r["requests"], 1) * 1e6
-        nprocs, rss, _pss = tree_memory(proc.pid)
+        cpu_us = (cpu_seconds(proc.pid) - cpu0) / max(r["requests"], 1) * 1e6
+        nprocs, rss, _pss = memory_of(proc.pid)
         row.update(rps=r["rps"], p50_ms=r["p50_ms"], p99_ms=r["p99_ms"], errors=sum(r["errors"].values()),
                    cpu_us=cpu_us, rss_mb=rss, nprocs=nprocs)
         if proc.poll() is not None:
@@ -151,12 +132,7 @@ def check_one(name: str, spec, health_url: str, model: str, expected: object, ar
         row["failure"] = str(exc)
         log(f"{name} / {model}: FAILED: {exc}")
     finally:
-        snapshot = tree_snapshot(proc.pid)  # BentoML's workers are outside the session: follow the tree
-        stop_server(proc, run)
-        leftovers = kill_leftovers(snapshot)
-        if leftovers:
-            note = f"{leftovers} process(es) outside its session still alive after the master exited: killed"
-            run.stop_note = f"{run.stop_note}; {note}" if run.stop_note else note
+        stop_server(proc, run)  # its setsid descendants (BentoML's workers) too
         row["stop_s"], row["stop_note"] = run.stop_s, run.stop_note
         if run.stop_note:
             log(f"{name} / {model}: stop: {run.stop_note}")
@@ -234,11 +210,9 @@ def main(argv: list[str]) -> int:
             for name in names:
                 if name == "maserve":
                     spec = server_spec("maserve", REPO / ".venv" / "bin", model_dir, args.workers)
-                    health_url = spec.url + "health"
                 else:
                     spec = peer_spec(name, model_dir, args.workers)
-                    health_url = spec.url + spec.health_path.lstrip("/")
-                rows.append(check_one(name, spec, health_url, model, expected[model], args, logdir))
+                rows.append(check_one(name, spec, model, expected[model], args, logdir))
                 time.sleep(1.0)
     finally:
         if args.keep_logs:

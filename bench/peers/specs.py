@@ -10,10 +10,9 @@ memory_of and bench_server take it as it is) with two more fields:
   servers.py's wait_healthy polls.
 - `venv`: the peer's venv (.venv-peers/<peer>, made by bench/peers/setup.py).
 
-BentoML's workers run in sessions of their own (its circus supervisor calls setsid), so
-servers.py's session-based cpu_seconds / memory_of / stop_server miss them: use
-`tree_cpu_seconds`, `tree_memory` (session + descendants) and `tree_snapshot` before the stop
-plus `kill_leftovers` after it, below (the same numbers as servers.py's for the other servers).
+BentoML's workers run in sessions of their own (its circus supervisor calls setsid):
+servers.py's session_pids follows descendants too, so cpu_seconds, memory_of and stop_server
+count and stop them like any server's processes.
 
 Every peer listens on 127.0.0.1 on a free port, serves `POST /` with the multipart field
 `images` and answers what maserve's example answers ({"mnist_result": 7}, or {"predictions":
@@ -22,8 +21,6 @@ session with one intra-op thread, and stops on SIGTERM (each within a few second
 """
 
 import importlib.util
-import os
-import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +30,7 @@ BENCH = HERE.parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
-from servers import CLOCK_TICKS, HOST, REPO, ServerSpec, free_port  # noqa: E402
+from servers import HOST, REPO, ServerSpec, free_port  # noqa: E402
 
 PEERS_ROOT = REPO / ".venv-peers"
 # Benchmark name -> (venv, batching variant)
@@ -82,95 +79,6 @@ def peer_spec(name: str, model_dir: Path, workers: int, port: int | None = None)
 
 
 # ---------------------------------------------------------------------------------------------
-# Processes. bench/servers.py finds a server's processes by its session (start_new_session), but
-# BentoML's supervisor (circus) starts each worker with os.setsid(): the workers are in sessions
-# of their own, and the session alone misses them (and their CPU time and memory). These follow
-# the process tree as well: the session's processes and every descendant of them.
-
-
-def _proc_table() -> dict[int, tuple[int, int, int, int, int]]:
-    """{pid: (ppid, session, utime + stime ticks, start time, state is zombie)} of every process."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        rest = stat[stat.rfind(")") + 2:].split()
-        if len(rest) < 20:
-            continue
-        table[int(entry)] = (int(rest[1]), int(rest[3]), int(rest[11]) + int(rest[12]), int(rest[19]),
-                             int(rest[0] == "Z"))
-    return table
-
-
-def process_tree(root: int, table: dict | None = None) -> list[int]:
-    """The live processes of `root`'s server: its session and every descendant of those."""
-    table = _proc_table() if table is None else table
-    found = {pid for pid, row in table.items() if (row[1] == root or pid == root) and not row[4]}
-    children: dict[int, list[int]] = {}
-    for pid, row in table.items():
-        children.setdefault(row[0], []).append(pid)
-    todo = list(found)
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found and not table[child][4]:
-                found.add(child)
-                todo.append(child)
-    return sorted(found)
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """utime + stime of every live process of the server (each process's stat sums its threads)."""
-    table = _proc_table()
-    return sum(table[pid][2] for pid in process_tree(root, table)) / CLOCK_TICKS
-
-
-def tree_memory(root: int) -> tuple[int, float, float]:
-    """(number of processes, summed RSS MB, summed PSS MB) over the server's processes."""
-    pids = process_tree(root)
-    rss_kb = pss_kb = 0
-    for pid in pids:
-        for path, key in ((f"/proc/{pid}/status", "VmRSS:"), (f"/proc/{pid}/smaps_rollup", "Pss:")):
-            try:
-                with open(path) as f:
-                    for line in f:
-                        if line.startswith(key):
-                            if key == "VmRSS:":
-                                rss_kb += int(line.split()[1])
-                            else:
-                                pss_kb += int(line.split()[1])
-                            break
-            except OSError:
-                pass
-    return len(pids), rss_kb / 1024.0, pss_kb / 1024.0
-
-
-def tree_snapshot(root: int) -> dict[int, int]:
-    """{pid: start time} of the server's processes now (taken before it is stopped)."""
-    table = _proc_table()
-    return {pid: table[pid][3] for pid in process_tree(root, table)}
-
-
-def kill_leftovers(snapshot: dict[int, int]) -> int:
-    """SIGKILL the processes of `snapshot` still alive (the same processes: same start time)
-    after the server's master has exited; how many there were."""
-    table = _proc_table()
-    killed = 0
-    for pid, started in snapshot.items():
-        row = table.get(pid)
-        if row is not None and row[3] == started and not row[4]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed += 1
-            except (ProcessLookupError, PermissionError):
-                pass
-    return killed
-
-
 def _setup_module():
     spec = importlib.util.spec_from_file_location("maserve_bench_peers_setup", HERE / "setup.py")
     assert spec is not None and spec.loader is not None
