@@ -368,7 +368,8 @@ class MaserveApp:
 
     async def _first_event(self, iterator: Any, receive: Receive) -> PendingStream:
         """Wait for a stream's first item: until it comes, a failure is a plain JSON error reply."""
-        source = EventSource(iterator, self.stream_executor())
+        source = EventSource(iterator, self.stream_executor(),
+                             contextvars.copy_context() if TRACE_ID.get() is not None else None)
         deadlines = Deadlines(self.settings.request_timeout_seconds, self.settings.stream_timeout_seconds,
                               self.drain)
         disconnected = asyncio.ensure_future(_disconnect(receive))
@@ -449,6 +450,8 @@ class MaserveApp:
             "bytes": size,
             **extra,
         }
+        if "trace_id" not in extra and (trace := TRACE_ID.get()) is not None:  # a stream's or a socket's
+            values["trace_id"] = trace
         kind = "stream" if "events" in extra else "websocket" if "close_code" in extra else "request"
         if error is None:
             self._access_log.log(logging.INFO, kind if status != 499 else f"{kind}: client gone", values)

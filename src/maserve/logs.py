@@ -135,8 +135,8 @@ class IterationLog:
 
     def log(self, level: int, message: str, values: dict[str, Any]) -> None:
         """Log `message` with `values` as its fields at the end of this loop iteration."""
-        if not self._lines:
-            asyncio.get_running_loop().call_soon(self.flush)
+        if not self._lines:  # flushed in a context of its own, not the first logging request's (its trace id)
+            asyncio.get_running_loop().call_soon(self.flush, context=contextvars.Context())
         self._lines.append((level, message, values))
 
     def flush(self) -> None:
@@ -148,6 +148,10 @@ class IterationLog:
 # The caller's W3C trace id during a request (maserve.app sets it from `traceparent`): the model's
 # own log lines then carry it too, so that logs join the caller's traces.
 TRACE_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("maserve_trace_id", default=None)
+# The trace ids of the traced requests in the batch a model's `predict_batch` is running (a batch
+# serves several callers: its lines carry `trace_ids`, each request's `prepare` its own `trace_id`).
+BATCH_TRACE_IDS: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("maserve_batch_trace_ids",
+                                                                                  default=())
 # version-traceid-parentid-flags; version ff is invalid, as are all-zero ids (W3C Trace Context).
 _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 
@@ -165,7 +169,8 @@ def trace_id_of(traceparent: bytes) -> str | None:
 
 
 class _TraceContext(logging.Filter):
-    """Adds the request's trace id to a record made while it is handled (in its task or thread)."""
+    """Adds the request's trace id to a record made while it is handled (in its task or thread),
+    or the trace ids of the batch being predicted."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         trace = TRACE_ID.get()
@@ -173,6 +178,10 @@ class _TraceContext(logging.Filter):
             values = getattr(record, _FIELDS, None) or {}
             if "trace_id" not in values:
                 setattr(record, _FIELDS, {**values, "trace_id": trace})
+        elif traces := BATCH_TRACE_IDS.get():
+            values = getattr(record, _FIELDS, None) or {}
+            if "trace_ids" not in values:
+                setattr(record, _FIELDS, {**values, "trace_ids": list(traces)})
         return True
 
 

@@ -20,6 +20,7 @@ items, cancellation) reaches the model within the item it is producing.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -89,9 +90,13 @@ class EventSource:
     progress, the thread that runs it closes the generator when it returns.
     """
 
-    def __init__(self, iterator: Iterator[Any] | AsyncIterator[Any], executor: Executor) -> None:
+    def __init__(self, iterator: Iterator[Any] | AsyncIterator[Any], executor: Executor,
+                 context: contextvars.Context | None = None) -> None:
         self._iterator = iterator
         self._executor = executor
+        # The request's context (its trace id) for a sync generator's steps in the stream threads:
+        # a copy per step, since one step's thread may still be leaving it as the next one enters.
+        self._context = context
         self._pending: asyncio.Future[Any] | None = None  # the item being produced
         self._lock = threading.Lock()
         self._running = False  # a stream thread is in next() (guarded by _lock)
@@ -106,7 +111,10 @@ class EventSource:
         future = self._pending = loop.create_future()
         with self._lock:
             self._running = True
-        self._executor.submit(self._advance, loop, future)
+        if self._context is None:
+            self._executor.submit(self._advance, loop, future)
+        else:
+            self._executor.submit(self._context.copy().run, self._advance, loop, future)
         return future
 
     def _advance(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> None:
@@ -141,7 +149,10 @@ class EventSource:
             self._closed = True
             running = self._running
         if not running:
-            self._executor.submit(_close, self._iterator)
+            if self._context is None:
+                self._executor.submit(_close, self._iterator)
+            else:
+                self._executor.submit(self._context.copy().run, _close, self._iterator)
 
 
 _closing: set[asyncio.Future[Any]] = set()

@@ -19,6 +19,7 @@ period; at the drain an idle socket is closed at once and a busy one when its me
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
@@ -27,6 +28,7 @@ from uvicorn.protocols.utils import ClientDisconnected
 from maserve.decode import decode_message
 from maserve.errors import InferenceTimeout, ModelNotReady, NotFound, ServiceError, ServiceStopping
 from maserve.http.calls import Route, call_model
+from maserve.logs import TRACE_ID, trace_id_of
 from maserve.jsonout import to_json  # strict: NaN or Infinity is an error message, not invalid JSON
 from maserve.sse import DONE, Deadlines, EventSource, StreamTimeout, await_item, is_stream
 
@@ -142,7 +144,11 @@ class Connection:
                               self.app.drain)
         try:
             inputs = decode_message(self.route.api, data, self.route.request)
-            call = loop.run_in_executor(self.app.executor, call_model, predict, inputs)
+            context = contextvars.copy_context() if TRACE_ID.get() is not None else None
+            if context is None:
+                call = loop.run_in_executor(self.app.executor, call_model, predict, inputs)
+            else:  # the model's log lines carry the socket's trace id
+                call = loop.run_in_executor(self.app.executor, context.run, call_model, predict, inputs)
             try:
                 result = await deadlines.wait(call, self._never)
             except StreamTimeout:
@@ -151,7 +157,7 @@ class Connection:
             if not is_stream(result):
                 await self._send_out(outgoing(result))
                 return
-            await self._stream(EventSource(result, self.app.stream_executor()), deadlines)
+            await self._stream(EventSource(result, self.app.stream_executor(), context), deadlines)
         except ServiceStopping:  # the drain window ended mid-answer
             self.errors += 1
             await self._close(GOING_AWAY, "the service is stopping")
@@ -187,6 +193,9 @@ async def serve_websocket(app: MaserveApp, scope: dict[str, Any], receive: Recei
     started = time.perf_counter()
     path: str = scope["path"]
     request_id = app.request_id(scope)
+    trace_id = next((trace_id_of(value) for name, value in scope["headers"] if name == b"traceparent"), None)
+    if trace_id is not None:
+        TRACE_ID.set(trace_id)  # this socket's task (its access line); its messages' model calls get a copy
     if (await receive())["type"] != "websocket.connect":
         return
     route = app.websocket_route(path)

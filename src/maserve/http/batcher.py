@@ -19,6 +19,7 @@ requests behind it go to the other thread.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import time
@@ -29,6 +30,7 @@ from typing import Any, Callable
 from maserve.decode import decode
 from maserve.errors import ServiceError
 from maserve.http.calls import Route, batch_results, call_model, encode
+from maserve.logs import BATCH_TRACE_IDS, TRACE_ID
 from maserve.model import Model
 
 log = logging.getLogger("maserve.app")
@@ -50,6 +52,7 @@ class Job:
     body: bytes
     boundary: bytes | None
     future: asyncio.Future[bytes]
+    trace_id: str | None = None  # the caller's (W3C traceparent), for the model's log lines
 
 
 @dataclass(slots=True)
@@ -82,7 +85,7 @@ class Batcher:
                boundary: bytes | None) -> asyncio.Future[bytes]:
         """Queue a request for the next batch. Unless a thread is busy with one, the batch starts at
         the end of this loop iteration, with every request the iteration read."""
-        job = Job(route, body, boundary, loop.create_future())
+        job = Job(route, body, boundary, loop.create_future(), TRACE_ID.get())
         self._pending.append(job)
         if len(self._pending) == 1 and self._busy_batches == 0:
             loop.call_soon(self._start_if_idle, loop)
@@ -151,7 +154,10 @@ class Batcher:
 
     def _answer(self, jobs: list[Job]) -> list[bytes | Exception]:
         try:
-            return self._predict(jobs)
+            # An empty context: a batch on the loop runs in some request's context, one in a thread
+            # in the thread's, and the trace ids set for this batch must not reach the next one.
+            traced = any(job.trace_id is not None for job in jobs)
+            return contextvars.Context().run(self._predict, jobs, traced)
         except Exception:  # a bug here must still answer every request of the batch
             log.exception("unexpected error in a batch")
             return [ServiceError("internal server error") for _ in jobs]
@@ -169,18 +175,26 @@ class Batcher:
         if self._pending and self._busy_batches == 0:  # after this iteration's replies are out
             loop.call_soon(self._start_if_idle, loop)
 
-    def _predict(self, jobs: list[Job]) -> list[bytes | Exception]:
+    def _predict(self, jobs: list[Job], traced: bool = False) -> list[bytes | Exception]:
         """Decode and `prepare` each request alone, one `predict_batch` for all that got through,
-        then encode each answer: an error anywhere fails only its own request."""
+        then encode each answer: an error anywhere fails only its own request. `traced` (in a
+        context of its own): `prepare`'s log lines carry their request's trace id, `predict_batch`'s
+        the trace ids of the batch."""
         model = self.model
         outcomes: dict[int, bytes | Exception] = {}
         prepared: dict[int, Any] = {}
         for i, job in enumerate(jobs):
+            if traced:
+                TRACE_ID.set(job.trace_id)
             try:
                 prepared[i] = call_model(model.prepare, decode(job.route.api, job.body, job.boundary, job.route.request))
             except Exception as exc:
                 outcomes[i] = exc
-        for i, result in zip(prepared, batch_results(model, list(prepared.values()))):
+        if traced:
+            TRACE_ID.set(None)
+            BATCH_TRACE_IDS.set(tuple(trace for i in prepared if (trace := jobs[i].trace_id) is not None))
+        results = batch_results(model, list(prepared.values()))
+        for i, result in zip(prepared, results):
             try:
                 outcomes[i] = result if isinstance(result, Exception) else encode(jobs[i].route, result)
             except Exception as exc:

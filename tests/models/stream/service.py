@@ -3,11 +3,13 @@
 Over WebSocket (/ws: the same JSON requests, plus `seen`: how many messages this socket sent,
 from per-connection state; `sleep`: a slow answer; /ws-file: the uploaded bytes echoed reversed).
 
+`log`: each event logs a line as it is made (the trace-id tests).
 `closed_file`: the generator writes "closed after N" there when it is stopped early (GeneratorExit
 or cancellation), "finished" when it ran to its end: the tests read it to see the model stopped.
 """
 
 import asyncio
+import logging
 import math
 import time
 from pathlib import Path
@@ -17,6 +19,8 @@ from maserve import InvalidInput, Inputs, Model
 
 
 def _item(request: dict[str, Any], index: int) -> Any:
+    if request.get("log"):  # in the stream thread (sync) or the request's task (async)
+        logging.getLogger("stream").warning("stream event %d", index)
     if request.get("fail_at") == index:
         if index == 0:
             raise InvalidInput("fail_at 0: refused before the first event")
