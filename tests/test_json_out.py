@@ -83,3 +83,25 @@ def test_batched_path_fails_only_the_item_with_infinity(tmp_path):
         assert max(strict(r.body).get("batch", 1) for r in replies) > 1  # they did go in batches
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("literal", ["1e999", "-1E+400", "1" + "0" * 400 + ".5", "2.5e0000400"])
+def test_a_number_beyond_a_double_is_a_400_not_infinity(tmp_path_factory, literal):
+    """1e999 reads as Infinity in Python, which passes any bound of a schema: refuse it."""
+    server = start_server(tmp_path_factory.mktemp("huge"), FIXTURE_MODELS / "multi", env={"MASERVE_WORKERS": "1"})
+    try:
+        conn = server.connect()
+        try:
+            reply = request(conn, "POST", "/sum", f'{{"numbers": [1, {literal}]}}'.encode(),
+                            {"Content-Type": "application/json"})
+            assert reply.status == 400, reply.body
+            error = strict(reply.body)
+            assert error["error_code"] == "MASERVE.MALFORMED_REQUEST" and "beyond a double's range" in error["error_msg"]
+            for fine in ("1e308", "1e-999", "1.5e+300", '"1e999"'):  # finite, underflow to 0, a string
+                reply = request(conn, "POST", "/sum", f'{{"numbers": [1, {fine}]}}'.encode(),
+                                {"Content-Type": "application/json"})
+                assert reply.status in (200, 400) and "beyond a double" not in reply.body.decode()
+        finally:
+            conn.close()
+    finally:
+        server.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from typing import Any
 
@@ -210,8 +211,21 @@ def _reject_constant(name: str) -> Any:
     raise _NotJson(f"{name} is not a JSON number (RFC 8259 §6)")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        shown = text if len(text) <= 24 else f"{text[:12]}...{text[-8:]}"
+        raise _NotJson(f"the number {shown} is beyond a double's range (it would read as Infinity)")
+    return value
+
+
 # Built once: json.loads with a keyword builds a decoder per call.
 _decode_json = json.JSONDecoder(parse_constant=_reject_constant).decode
+# 1e999 reads as Infinity, which passes every bound of a schema: only a literal with a 3-digit
+# exponent or 309 digits can, so only a body with one is read again with every float checked
+# (a Python call per float would slow every body of many floats).
+_decode_json_checked = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float).decode
+_MAYBE_HUGE = re.compile(r"[eE][+]?0*[1-9][0-9]{2}|[0-9]{309}")
 
 
 def _parse_json(api: ApiSpec, body: bytes) -> dict[str, Any]:
@@ -219,7 +233,8 @@ def _parse_json(api: ApiSpec, body: bytes) -> dict[str, Any]:
     # it raises ValueError, not JSONDecodeError, for an integer of more than sys.get_int_max_str_digits()
     # digits, and RecursionError for arrays or objects nested deeper than the recursion limit.
     try:
-        value = _decode_json(body.decode(json.detect_encoding(body), "surrogatepass"))  # as json.loads reads bytes
+        text = body.decode(json.detect_encoding(body), "surrogatepass")  # as json.loads reads bytes
+        value = _decode_json(text) if _MAYBE_HUGE.search(text) is None else _decode_json_checked(text)
     except (UnicodeDecodeError, json.JSONDecodeError, _NotJson) as exc:
         raise MalformedRequest(f"the body is not valid JSON: {exc}") from None
     except ValueError:

@@ -16,6 +16,7 @@ Error messages (the `error_msg` of the reply):
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Callable, Iterable
 
 import jsonschema
@@ -289,8 +290,9 @@ def _parse(text: str, kind: str) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
         return value if isinstance(value, int) and not isinstance(value, bool) else _NO_VALUE
-    if kind == "number":
-        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else _NO_VALUE
+    if kind == "number":  # 1e999 reads as Infinity: not a JSON number
+        finite = not isinstance(value, float) or math.isfinite(value)
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) and finite else _NO_VALUE
     if kind == "array":
         return value if isinstance(value, list) else _NO_VALUE
     if kind == "object":
