@@ -12,14 +12,12 @@ from batch_helpers import BATCH_FORM, TABULAR, by_source, leftovers, manifest_li
 from helpers import MASERVE_BIN, ROOT, RUN_SH, free_port, start_server
 
 IRIS = ROOT / "examples" / "iris"
-# ModelArts' "Example Mapping" (Deploying as a Batch Service), verbatim: the rule, the CSV, and the
-# request the first row becomes.
-DOC_RULE = {"type": "object", "properties": {"data": {"type": "object", "properties": {"req_data": {
-    "type": "array", "items": [{"type": "object", "properties": {
-        "input_1": {"type": "number", "index": 0}, "input_2": {"type": "number", "index": 1},
-        "input_3": {"type": "number", "index": 2}, "input_4": {"type": "number", "index": 3}}}]}}}}}
+# ModelArts' "Example Mapping" (Deploying as a Batch Service), verbatim (tests/modelarts_examples/):
+# the rule, the CSV, and the request the first row becomes.
+EXAMPLES = Path(__file__).resolve().parent / "modelarts_examples"
+DOC_RULE = json.loads((EXAMPLES / "batch_mapping_example.mapping_rule.json").read_text())
 DOC_CSV = "5.1,3.5,1.4,0.2\n4.9,3.0,1.4,0.2\n4.7,3.2,1.3,0.2\n"
-DOC_REQUEST = {"data": {"req_data": [{"input_1": 5.1, "input_2": 3.5, "input_3": 1.4, "input_4": 0.2}]}}
+DOC_REQUEST = json.loads((EXAMPLES / "batch_mapping_example.request.json").read_text())
 
 
 def _write(path: Path, text: str) -> Path:

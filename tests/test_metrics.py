@@ -26,8 +26,8 @@ def scrape(server) -> dict[tuple[str, tuple], float]:
     return samples
 
 
-def value(samples, name: str, **labels) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+def value(samples, sample: str, **labels) -> float:
+    return samples.get((sample, tuple(sorted(labels.items()))), 0.0)
 
 
 @pytest.fixture
@@ -129,3 +129,32 @@ def test_a_path_config_json_declares_is_refused_at_start():
                          timeout=60)
     assert out.returncode == 2
     assert "MASERVE_METRICS_PATH /sum is also a path of config.json" in out.stdout + out.stderr
+
+
+def test_a_platform_scripts_metrics_manager_updates_are_exposed(tmp_path):
+    """`MetricsManager.metrics[name].update(ms)` in a ModelArts script (tests/models/compat_helpers)
+    shows in /metrics, summed over both workers once each has flushed (within a second)."""
+    import shutil
+
+    directory = tmp_path / "helped"
+    shutil.copytree(FIXTURE_MODELS / "compat_helpers", directory, ignore=shutil.ignore_patterns("__pycache__"))
+    server = start_server(tmp_path, directory)
+    try:
+        conn = server.connect()
+        for n in range(20):
+            reply = request(conn, "POST", "/sum", json.dumps({"numbers": [n]}).encode(),
+                            {"Content-Type": "application/json"})
+            assert reply.status == 200, reply.body
+        conn.close()
+        name = "helped_LatencyInference"
+        deadline = time.monotonic() + 10
+        while True:
+            samples = scrape(server)
+            if value(samples, "maserve_script_metric_updates_total", name=name) == 20 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        server.stop()
+    assert value(samples, "maserve_script_metric_updates_total", name=name) == 20
+    assert value(samples, "maserve_script_metric_sum", name=name) > 0  # milliseconds, from both workers
+    assert ("maserve_script_metric_last", (("name", name),)) in samples

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from bisect import bisect_left
 import tempfile
 from pathlib import Path
@@ -25,6 +26,8 @@ DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 FLUSH_SECONDS = 1.0  # how far a worker's counts may lag in a scrape another worker answers
 OTHER_PATH = "other"  # the api label of requests to no api (404s): paths are not labels
+SCRIPT_METRICS_MODULE = "model_service.metric"  # MetricsManager, loaded only for platform scripts
+MAX_SCRIPT_METRICS = 100  # distinct MetricsManager names exposed per worker: labels stay bounded
 
 
 def prepare_directory() -> Path:
@@ -77,6 +80,8 @@ class Metrics:
                                ["api", "outcome"])
         self.first_event = Histogram("maserve_stream_first_event_seconds", "Time from a stream's request to its "
                                      "first event, by api.", ["api"], buckets=DURATION_BUCKETS)
+        self._script: tuple[Any, Any, Any] | None = None  # made on a script's first MetricsManager update
+        self._script_names: set[str] = set()
         self._request_children: dict[tuple[str, str, int], Any] = {}
         self._tally: dict[tuple[str, str, int], int] = {}  # counted since the last flush
         self._durations: dict[str, list[float]] = {}  # api → per-bucket counts (+Inf last), then the sum
@@ -124,6 +129,38 @@ class Metrics:
                 if count:
                     value.inc(count)
             child._sum.inc(buckets[-1])
+        self._flush_script_metrics()
+
+    def _flush_script_metrics(self) -> None:
+        """A platform script's `MetricsManager.metrics[name].update(value)`s since the last flush.
+        Read from sys.modules so that serving a maserve model never imports the shim."""
+        module = sys.modules.get(SCRIPT_METRICS_MODULE)
+        if module is None:
+            return
+        drained = module.MetricsManager.drain()
+        if not drained:
+            return
+        if self._script is None:
+            from prometheus_client import Counter, Gauge
+
+            self._script = (
+                Counter("maserve_script_metric_updates", "MetricsManager.metrics[name].update() calls of a "
+                        "ModelArts script, by name.", ["name"]),
+                Gauge("maserve_script_metric_sum", "Sum of the values given to update(), by name.", ["name"],
+                      multiprocess_mode="sum"),
+                Gauge("maserve_script_metric_last", "The last value given to update() in any worker, by name.",
+                      ["name"], multiprocess_mode="mostrecent"),
+            )
+        updates, total, last = self._script
+        for name, count, value_sum, last_value in drained:
+            if name not in self._script_names:
+                if len(self._script_names) >= MAX_SCRIPT_METRICS:
+                    continue
+                self._script_names.add(name)
+            updates.labels(name).inc(count)
+            total.labels(name).inc(value_sum)
+            if last_value is not None:
+                last.labels(name).set(last_value)
 
     def render(self) -> bytes:
         """The scrape: every worker's values summed, and what is read now."""
