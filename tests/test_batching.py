@@ -164,6 +164,26 @@ def test_quick_batches_run_on_the_event_loop_and_a_slow_one_sends_the_next_back_
         server.stop()
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batch_threads_run_that_many_batches_at_once(tmp_path: Path, batch_dir: Path, threads: int) -> None:
+    """MASERVE_BATCH_THREADS=2: a request that arrives while one batch holds a thread runs on the
+    second thread and is answered first; with one batch thread it waits for the first batch."""
+    server = start_server(tmp_path, batch_dir, env={"MASERVE_WORKERS": "1", "MASERVE_BATCH_THREADS": str(threads)})
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            held = pool.submit(_post_text, server, "sleep:1.5")
+            time.sleep(0.3)  # the held batch is running
+            other = _post_text(server, "other")
+            held_done_first = held.done()
+            assert other.status == 200 and other.json()["batch"] == 1
+            assert held.result(timeout=30).status == 200
+        assert held_done_first == (threads == 1)
+        if threads == 2:
+            assert other.json()["thread"] != held.result().json()["thread"]
+    finally:
+        server.stop()
+
+
 def test_a_batch_past_the_timeout_answers_504_and_the_next_request_is_served(tmp_path: Path, batch_dir: Path) -> None:
     server = start_server(tmp_path, batch_dir, env={"MASERVE_WORKERS": "1", "MASERVE_REQUEST_TIMEOUT_SECONDS": "1"})
     try:

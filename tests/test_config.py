@@ -132,9 +132,12 @@ def test_intra_op_threads_fill_the_cores_left_to_each_worker(tmp_path: Path) -> 
     assert load(MASERVE_WORKERS="1").threads_per_worker == cores  # one worker: every core
     assert load(MASERVE_WORKERS=str(cores * 2)).threads_per_worker == 1
     assert load(MASERVE_WORKERS="1", MASERVE_INTRA_OP_THREADS="3").threads_per_worker == 3
+    # One worker running a batch per core: one intra-op thread each.
+    assert load(MASERVE_WORKERS="1", MASERVE_BATCH_THREADS=str(cores)).threads_per_worker == 1
     with pytest.raises(SettingsError, match="MASERVE_INTRA_OP_THREADS must not be negative"):
         load(MASERVE_INTRA_OP_THREADS="-1")
-    for name, bad in (("MASERVE_MAX_BATCH_SIZE", "0"), ("MASERVE_BATCH_BUDGET_SECONDS", "-0.1")):
+    for name, bad in (("MASERVE_MAX_BATCH_SIZE", "0"), ("MASERVE_BATCH_BUDGET_SECONDS", "-0.1"),
+                      ("MASERVE_BATCH_THREADS", "0")):
         with pytest.raises(SettingsError, match=name):
             load(**{name: bad})
 

@@ -133,7 +133,8 @@ class MaserveApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                self._executor = ThreadPoolExecutor(INFERENCE_THREADS, thread_name_prefix="maserve-infer")
+                self._executor = ThreadPoolExecutor(INFERENCE_THREADS + self.settings.batch_threads - 1,
+                                                    thread_name_prefix="maserve-infer")
                 if self._metrics_path is not None:
                     self.metrics = Metrics([*self._routes, *self._websockets, self.config.health_url])
                     self.metrics.ready = lambda: self._ready.is_set() and self._gate.all_loaded()
@@ -166,7 +167,8 @@ class MaserveApp:
         if serves_batches(model):
             assert self._executor is not None
             self._batcher = Batcher(model, self._executor, self.settings.request_timeout_seconds,
-                                    self.settings.max_batch_size, self.settings.batch_budget_seconds)
+                                    self.settings.max_batch_size, self.settings.batch_budget_seconds,
+                                    self.settings.batch_threads)
             if self.metrics is not None:
                 self._batcher.on_batch = self.metrics.batch_size.observe
         self._ready.set()

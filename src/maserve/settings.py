@@ -60,6 +60,9 @@ class Settings:
     # time one batch may take (sized from the model's measured time per request; 0 = no budget).
     max_batch_size: int = field(default=64, metadata={"env": "MASERVE_MAX_BATCH_SIZE"})
     batch_budget_seconds: float = field(default=0.1, metadata={"env": "MASERVE_BATCH_BUDGET_SECONDS"})
+    # Batches one worker runs at once, each on its own inference thread from one queue: a
+    # compute-bound model's cores kept busy by one worker (no connection imbalance, one model copy).
+    batch_threads: int = field(default=1, metadata={"env": "MASERVE_BATCH_THREADS"})
     # onnxruntime threads per session (maserve.onnx); 0: the cores left to each worker (one with a
     # worker per core, every core for MASERVE_WORKERS=1: a compute-bound model's layout, bench/RESULTS.md).
     intra_op_threads: int = field(default=0, metadata={"env": "MASERVE_INTRA_OP_THREADS"})
@@ -88,8 +91,9 @@ class Settings:
 
     @property
     def threads_per_worker(self) -> int:
-        """MASERVE_INTRA_OP_THREADS, or the cores divided among the workers (at least one)."""
-        return self.intra_op_threads or max(1, _default_workers() // self.workers)
+        """MASERVE_INTRA_OP_THREADS, or the cores divided among the workers and their batch threads
+        (at least one)."""
+        return self.intra_op_threads or max(1, _default_workers() // (self.workers * self.batch_threads))
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> "Settings":
@@ -141,6 +145,8 @@ class Settings:
         if self.intra_op_threads < 0:
             raise SettingsError(f"MASERVE_INTRA_OP_THREADS must not be negative (0: the cores per worker), "
                                 f"got {self.intra_op_threads}")
+        if self.batch_threads < 1:
+            raise SettingsError(f"MASERVE_BATCH_THREADS must be at least 1, got {self.batch_threads}")
         if self.batch_budget_seconds < 0:
             raise SettingsError("MASERVE_BATCH_BUDGET_SECONDS must not be negative (0: no budget)")
         if self.keepalive_seconds < 1:

@@ -13,7 +13,10 @@ INLINE_MAX_BODY_BYTES): the hand-off to the inference thread costs two thread wa
 and on a busy machine each can wait for a core; inline, a small model's p99 drops by a sixth
 (bench/RESULTS.md). Otherwise it goes to the inference thread, where each request still gets its
 504 at the timeout while the model runs on; a batch that outlives the timeout is "stuck", and the
-requests behind it go to the other thread.
+requests behind it go to the other thread. With MASERVE_BATCH_THREADS=N, up to N batches run at
+once on N threads, all taken from the one queue in arrival order: a compute-bound model with one
+intra-op thread per batch keeps N cores busy in one worker, with one copy of the model and none
+of the imbalance of connections spread over worker processes (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -68,13 +71,15 @@ class Batcher:
     """One worker's batches: what waits for the next one, and where the next one runs."""
 
     def __init__(self, model: Model, executor: ThreadPoolExecutor, timeout_seconds: float,
-                 max_batch_size: int = MAX_BATCH, budget_seconds: float = BATCH_BUDGET_SECONDS) -> None:
+                 max_batch_size: int = MAX_BATCH, budget_seconds: float = BATCH_BUDGET_SECONDS,
+                 threads: int = 1) -> None:
         self.model = model
         self.executor = executor
         self.timeout_seconds = timeout_seconds
         declared = getattr(model, "max_batch_size", None)
         self.max_batch_size = min(max_batch_size, declared) if isinstance(declared, int) and declared >= 1 else max_batch_size
         self.budget_seconds = budget_seconds
+        self.threads = threads  # batches in threads at once (the executor has one more, for a stuck one)
         self._seconds_per_request: float | None = None  # running estimate; None until a batch ran
         self._pending: list[Job] = []  # requests for the next batch
         self._busy_batches = 0  # batches in a thread, not yet stuck
@@ -83,33 +88,47 @@ class Batcher:
 
     def submit(self, loop: asyncio.AbstractEventLoop, route: Route, body: bytes,
                boundary: bytes | None) -> asyncio.Future[bytes]:
-        """Queue a request for the next batch. Unless a thread is busy with one, the batch starts at
-        the end of this loop iteration, with every request the iteration read."""
+        """Queue a request for the next batch. Unless every batch thread is busy, the batch starts
+        at the end of this loop iteration, with every request the iteration read."""
         job = Job(route, body, boundary, loop.create_future(), TRACE_ID.get())
         self._pending.append(job)
-        if len(self._pending) == 1 and self._busy_batches == 0:
+        if len(self._pending) == 1 and self._busy_batches < self.threads:
             loop.call_soon(self._start_if_idle, loop)
         return job.future
 
     def _start_if_idle(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._busy_batches == 0:
-            self._start(loop)
+        """Start batches while requests wait and a batch thread is free."""
+        while self._pending and self._busy_batches < self.threads:
+            if not self._start(loop):
+                return
 
-    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+    @staticmethod
+    def _split(waiting: int, size: int, free: int) -> int:
+        """How many of the `waiting` requests the next batch takes when `free` batch threads are
+        idle: up to `size`, and with several idle threads an even share, so that each gets work."""
+        if free <= 1:
+            return size
+        return max(1, min(size, -(-waiting // free)))
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Start one batch; False when nothing was waiting, or when it ran inline (its follow-up is
+        scheduled)."""
         waiting = [job for job in self._pending if not job.future.done()]  # not yet timed out
-        size = self.batch_limit()
+        size = self._split(len(waiting), self.batch_limit(), self.threads - self._busy_batches)
         jobs, self._pending = waiting[:size], waiting[size:]
         if not jobs:
-            return
+            return False
         if self.on_batch is not None:
             self.on_batch(len(jobs))
-        if self._last_batch_seconds < INLINE_BATCH_SECONDS and all(len(job.body) <= INLINE_MAX_BODY_BYTES for job in jobs):
+        if (self._busy_batches == 0 and self._last_batch_seconds < INLINE_BATCH_SECONDS
+                and all(len(job.body) <= INLINE_MAX_BODY_BYTES for job in jobs)):
             self._run_inline(loop, jobs)
-            return
+            return False
         batch = _Batch(jobs)
         self._busy_batches += 1
         batch.watchdog = loop.call_later(self.timeout_seconds, self._stuck, loop, batch)
         self.executor.submit(self._run_in_thread, loop, batch)
+        return True
 
     def batch_limit(self) -> int:
         """How many waiting requests the next batch takes: the size cap, lowered so that the batch
@@ -143,8 +162,7 @@ class Batcher:
         batch.stuck = True
         self._busy_batches -= 1
         self._last_batch_seconds = math.inf  # a slow model: the next batches stay off the event loop
-        if self._pending and self._busy_batches == 0:
-            self._start(loop)
+        self._start_if_idle(loop)
 
     def _run_in_thread(self, loop: asyncio.AbstractEventLoop, batch: _Batch) -> None:
         """Runs in a worker thread: answer a batch, then wake the event loop once for all of it."""
@@ -172,7 +190,7 @@ class Batcher:
             self._busy_batches -= 1
         self._measured(seconds, len(batch.jobs))
         _hand_out(batch.jobs, outcomes)
-        if self._pending and self._busy_batches == 0:  # after this iteration's replies are out
+        if self._pending and self._busy_batches < self.threads:  # after this iteration's replies are out
             loop.call_soon(self._start_if_idle, loop)
 
     def _predict(self, jobs: list[Job], traced: bool = False) -> list[bytes | Exception]:
