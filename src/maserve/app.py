@@ -7,7 +7,7 @@ Decoding and the model run in a worker thread so a slow request never blocks the
 and so that MASERVE_REQUEST_TIMEOUT_SECONDS can answer 504 while the model is still busy; only
 a batching model's quick batches of small uploads run on the loop itself (maserve.http.batcher).
 Request and response schemas are compiled once per api here, at construction, never per request.
-The request/response path below the routing lives in maserve.http (calls, body, batcher).
+The request/response path below the routing lives in maserve.http (calls, body, batcher, streams).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from maserve.config import ModelConfig, load_config
@@ -41,6 +40,7 @@ from maserve.errors import (
 from maserve.http.batcher import Batcher
 from maserve.http.body import BODY_TIMEOUT_STATE, ClientGone, read_body
 from maserve.http.calls import Route, predict_one, start_stream
+from maserve.http.streams import CLOSE_HEADER, PendingStream, open_stream, send_stream
 from maserve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from maserve.metrics import Metrics
 from maserve.logs import ACCESS_LOGGER, TRACE_ID, IterationLog, fields, flush_handlers, trace_id_of
@@ -51,7 +51,7 @@ from maserve.readiness import Drain, StartupGate, StopFlag
 from maserve.schema import RequestSchema, ResponseSchema
 from maserve.settings import Settings, SettingsError
 from maserve.websocket import serve_websocket
-from maserve.sse import STREAM_HEADERS, Deadlines, EventSource, StreamTimeout, first_item, send_events
+from maserve.sse import StreamTimeout
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -74,7 +74,6 @@ _REQUEST_ID = re.compile(rb"[!-~]{1,128}")
 _HEALTHY = b'{"health": "true"}'
 _UNHEALTHY = b'{"health": "false"}'
 _JSON_HEADER = (b"content-type", b"application/json")
-_CLOSE_HEADER = (b"connection", b"close")
 
 
 class MaserveApp:
@@ -223,7 +222,7 @@ class MaserveApp:
                     TRACE_ID.set(trace_id)  # this request's task; the inference thread gets a copy
                 answer = await self._answer(route, receive, content_type, content_length, trace_id is not None)
                 if isinstance(answer, PendingStream):
-                    await self._stream(answer, send, headers, request_id, method, path, started)
+                    await send_stream(self, answer, send, headers, request_id, method, path, started)
                     return
                 status, body = 200, answer
         except ServiceError as exc:
@@ -234,7 +233,7 @@ class MaserveApp:
             elif isinstance(exc, UpgradeRequired):
                 headers.append((b"upgrade", b"websocket"))
             if isinstance(exc, PayloadTooLarge) and not self.stopping.is_set():
-                headers.append(_CLOSE_HEADER)  # the rest of the body is not worth reading
+                headers.append(CLOSE_HEADER)  # the rest of the body is not worth reading
         except ClientGone:
             timed_out = scope.get("state", {}).get(BODY_TIMEOUT_STATE)
             if timed_out is None:
@@ -248,7 +247,7 @@ class MaserveApp:
             error = ServiceError("internal server error")
             status, body = error.status, error.body()
         if self.stopping.is_set():
-            headers.append(_CLOSE_HEADER)
+            headers.append(CLOSE_HEADER)
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
@@ -263,46 +262,6 @@ class MaserveApp:
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", METRICS_CONTENT_TYPE), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
-
-    async def _stream(
-        self,
-        pending: PendingStream,
-        send: Send,
-        headers: list[tuple[bytes, bytes]],
-        request_id: bytes,
-        method: str,
-        path: str,
-        started: float,
-    ) -> None:
-        """Send a stream's events (maserve.sse) after its first item arrived; log how it ended."""
-        headers = [*STREAM_HEADERS, *headers[1:]]  # the event-stream type instead of JSON's
-        if self.stopping.is_set():
-            headers.append(_CLOSE_HEADER)
-        sent = 0
-
-        async def send_chunk(chunk: bytes) -> None:
-            nonlocal sent
-            sent += len(chunk)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-
-        if self.metrics is not None:
-            self.metrics.first_event.labels(path).observe(time.perf_counter() - started)
-        try:
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            outcome = await send_events(pending.source, pending.first, pending.deadlines, pending.disconnected,
-                                        send_chunk)
-            if not outcome.client_gone:
-                await send({"type": "http.response.body", "body": b""})
-        except BaseException:
-            pending.source.close()
-            raise
-        finally:
-            pending.disconnected.cancel()
-        status = 499 if outcome.client_gone else 200
-        if self.metrics is not None:
-            kind = "client_gone" if outcome.client_gone else "error" if outcome.error is not None else "ok"
-            self.metrics.streams.labels(path, kind).inc()
-        self.log_request(request_id, method, path, status, started, sent, outcome.error, events=outcome.events)
 
     def _new_request_id(self) -> bytes:
         """A unique id without a syscall per request: a random per-process prefix and a counter."""
@@ -356,7 +315,7 @@ class MaserveApp:
                 if route.streams:
                     answer = await loop.run_in_executor(self._executor, run, start_stream, self._model, route, body,
                                                         boundary)
-                    return answer if isinstance(answer, bytes) else await self._first_event(answer, receive)
+                    return answer if isinstance(answer, bytes) else await open_stream(self, answer, receive)
                 if self._batcher is not None:
                     return await self._batcher.submit(loop, route, body, boundary)
                 if traced:
@@ -367,21 +326,6 @@ class MaserveApp:
             if route.streams:
                 raise StreamTimeout(f"no first event within {timeout:g} s (MASERVE_REQUEST_TIMEOUT_SECONDS)") from None
             raise InferenceTimeout(f"inference did not finish within {timeout:g} s") from None
-
-    async def _first_event(self, iterator: Any, receive: Receive) -> PendingStream:
-        """Wait for a stream's first item: until it comes, a failure is a plain JSON error reply."""
-        source = EventSource(iterator, self.stream_executor(),
-                             contextvars.copy_context() if TRACE_ID.get() is not None else None)
-        deadlines = Deadlines(self.settings.request_timeout_seconds, self.settings.stream_timeout_seconds,
-                              self.drain)
-        disconnected = asyncio.ensure_future(_disconnect(receive))
-        try:
-            first = await first_item(source, deadlines, disconnected)
-        except BaseException:
-            disconnected.cancel()
-            source.close()
-            raise
-        return PendingStream(source, first, deadlines, disconnected)
 
     # -- what maserve.websocket uses ----------------------------------------------------------
     @property
@@ -466,22 +410,6 @@ class MaserveApp:
 
 def _call(function: Callable[..., Any], *args: Any) -> Any:
     return function(*args)
-
-
-@dataclass
-class PendingStream:
-    """A stream whose first item arrived: what MaserveApp._stream needs to send it."""
-
-    source: EventSource
-    first: Any
-    deadlines: Deadlines
-    disconnected: asyncio.Future[Any]
-
-
-async def _disconnect(receive: Receive) -> None:
-    """Returns when the client has gone (the request body was read before)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 def build_app(settings: Settings, config: ModelConfig) -> MaserveApp:
