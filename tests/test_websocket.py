@@ -154,6 +154,39 @@ def test_ping_is_answered_and_an_idle_socket_is_closed_at_the_keepalive_limit(se
     assert 2 < waited < 6
 
 
+def test_a_client_that_reads_nothing_is_cut_off_at_the_send_timeout(tmp_path):
+    """A client that sends messages but never reads its answers (a small receive buffer, 900 KB
+    answers): once the server's buffer is full and nothing drains for MASERVE_SEND_TIMEOUT_SECONDS,
+    the socket is aborted (1006 in its access line) instead of being held forever; the service
+    answers others meanwhile."""
+    server = start_server(tmp_path, STREAM_DIR, env={**ENV, "MASERVE_SEND_TIMEOUT_SECONDS": "2",
+                                                     "MASERVE_KEEPALIVE_SECONDS": "200", "MASERVE_WORKERS": "1"})
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", server.port))
+        protocol = ClientProtocol(parse_uri(f"ws://127.0.0.1:{server.port}/ws-file"), max_size=None)
+        sock.sendall(b"".join(_handshake(protocol)))
+        _read_until(sock, protocol, lambda events: any(not hasattr(e, "opcode") for e in events))
+        sock.settimeout(0.5)
+        sent_at = time.monotonic()
+        for _ in range(20):  # each answer is 900 KB the client never reads
+            protocol.send_binary(bytes(900_000))
+            try:
+                sock.sendall(b"".join(protocol.data_to_send()))
+            except OSError:  # the server has cut the socket off
+                break
+        lines = server.wait_log(lambda r: r.get("path") == "/ws-file" and r.get("status") == 101, timeout=20)
+        assert lines, server.logs()
+        assert lines[0]["close_code"] == 1006
+        assert 1 < lines[0]["latency_ms"] / 1000 < 15 + (time.monotonic() - sent_at)
+        assert server.get("/health").status == 200
+    finally:
+        sock.close()
+        server.stop()
+
+
 def test_unknown_path_and_plain_http_get_clear_json_errors(server):
     async def go():
         with pytest.raises(websockets.InvalidStatus) as refused:

@@ -86,6 +86,7 @@ class MaserveWorker(UvicornWorker):
         self.config.ws_max_size = settings.max_body_bytes  # past it: close code 1009
         limits = Limits.derive(settings)
         MaserveHttpProtocol.guard = Guard(limits, self.wsgi.config.health_url)
+        PlatformWebSocketProtocol.send_timeout = limits.send_timeout
         if self.board is not None:
             MaserveHttpProtocol.publish = staticmethod(self.board.writer(self.slot))  # type: ignore[assignment]
             board = self.board
