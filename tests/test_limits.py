@@ -124,6 +124,28 @@ def test_stalled_uploads_beyond_the_in_flight_cap_get_503_and_health_stays_200(s
     assert starts[0]["max_in_flight"] == IN_FLIGHT_CAP
 
 
+def test_uploads_stalled_past_two_seconds_give_way_to_new_requests_at_the_in_flight_cap(server):
+    """A slow-body flood: once the stalled uploads have sent next to nothing for over 2 s, a new
+    request at the cap answers 408 to the oldest of them and is served, instead of a 503 for as
+    long as the body timeout (120 s here) lets them hold their slots. Only as many go as needed:
+    the first eviction frees a slot for each next request in turn (the 4 beyond the cap got 503)."""
+    opening = (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+               b'{"megabytes"')
+    held = hold(server, IN_FLIGHT_CAP + 4, opening)
+    try:
+        time.sleep(2.5)
+        statuses = [post(server, {"megabytes": 0})[0] for _ in range(3)]
+        assert statuses == [200, 200, 200]
+        evicted = [sock for sock in held if answered_408(sock)]
+        assert len(evicted) == 1 and evicted[0] is held[0]  # the oldest
+        assert all(health(server) == 200 for _ in range(3))
+    finally:
+        for sock in held:
+            sock.close()
+    lines = server.wait_log(lambda r: r.get("status") == 408 and "in-flight limit" in r.get("error_msg", ""))
+    assert lines and "had sent 12 bytes" in lines[0]["error_msg"], lines
+
+
 def test_a_slowloris_at_the_connection_cap_gives_way_to_real_requests(server):
     """Half-sent headers (busy, not idle, not yet requests) on every connection the cap allows.
     Within a second of them, a new request is refused with JSON (they might be slow real clients);

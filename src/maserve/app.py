@@ -239,8 +239,7 @@ class MaserveApp:
             if timed_out is None:
                 self.log_request(request_id, method, path, 499, started, 0, None)
             else:  # maserve.http.protocol answered 408 and closed the connection
-                self.log_request(request_id, method, path, 408, started, 0, RequestTimeout(
-                    f"the request's body did not arrive within {timed_out:g} s (MASERVE_BODY_TIMEOUT_SECONDS)"))
+                self.log_request(request_id, method, path, 408, started, 0, RequestTimeout(timed_out))
             return
         except Exception:
             log.exception("unexpected error", extra=fields(request_id=request_id.decode()))

@@ -6,9 +6,10 @@ from typing import Any, Awaitable, Callable
 
 from maserve.errors import PayloadTooLarge
 
-# Set in a request's scope["state"] by maserve.http.protocol when its body did not arrive in time:
-# the protocol answered 408 and closed; the app logs the request so.
-BODY_TIMEOUT_STATE = "maserve.body_timeout_seconds"
+# Set in a request's scope["state"] by maserve.http.protocol when its body did not arrive in time
+# (or stalled while the worker was at its in-flight cap): the protocol answered 408 with this
+# message and closed; the app logs the request so.
+BODY_TIMEOUT_STATE = "maserve.body_timeout"
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 

@@ -5,9 +5,11 @@ balancer's pool, a buggy client, a slowloris) used every descriptor: accept() fa
 request was refused in silence. Here the soft limit is raised to the hard one at start, and each
 worker caps its connections and its requests in flight below what its descriptors allow. At the
 cap, an idle keep-alive connection (the longest idle first), or else one whose headers have been
-arriving for over a second (a slowloris), makes room for the new one; if there is none, the new
-request gets a fast `503 MASERVE.OVERLOADED` with `Retry-After` and its connection is
-closed. The health check is always answered: the platform's probe must not fail because of client
+arriving for over a second (a slowloris), makes room for the new one; at the in-flight cap, a
+request whose body has been arriving for over SLOW_BODY_SECONDS at under MIN_BODY_BYTES_PER_SECOND
+(a slow-body attack: the rate at which a 12 MB upload would miss the body timeout) makes room for
+the new request. If there is none, the new request gets a fast `503 MASERVE.OVERLOADED` with
+`Retry-After` and its connection is closed. The health check is always answered: the platform's probe must not fail because of client
 traffic. Each episode of overload is logged once when it starts and once when it ends.
 """
 
@@ -31,6 +33,8 @@ MAX_DEFAULT_CONNECTIONS = 10_000  # memory, not descriptors, bounds it past here
 RETRY_AFTER_SECONDS = 1
 SLOW_HEADERS_SECONDS = 1.0  # headers still arriving after this long may be closed to make room
 URGENT_SLOW_HEADERS_SECONDS = 0.1  # the same when the descriptors kept in reserve are running out
+SLOW_BODY_SECONDS = 2.0  # a body arriving for this long, slower than the rate below, may make room
+MIN_BODY_BYTES_PER_SECOND = 100_000  # 12 MB in 120 s (MASERVE_BODY_TIMEOUT_SECONDS' default)
 
 
 def raise_open_file_limit() -> tuple[int, int]:
@@ -74,6 +78,7 @@ class Guard:
         self.health_path = health_path
         self.idle: OrderedDict[Any, float] = OrderedDict()  # protocol → idle since, the longest idle first
         self.reading_headers: dict[Any, float] = {}  # protocol → when its headers began, oldest first
+        self.reading_bodies: dict[Any, float] = {}  # protocol → when its body began, oldest first
         self._episode_started: float | None = None
         self._refused = 0
         self._evicted = 0
@@ -108,6 +113,28 @@ class Guard:
 
     def headers_done(self, protocol: Any) -> None:
         self.reading_headers.pop(protocol, None)
+
+    def body_started(self, protocol: Any, now: float) -> None:
+        self.reading_bodies[protocol] = now
+
+    def body_done(self, protocol: Any) -> None:
+        self.reading_bodies.pop(protocol, None)
+
+    def make_request_room(self, connections: int, in_flight: int, now: float) -> bool:
+        """At the in-flight cap: answer 408 to the oldest request whose body is still arriving
+        after SLOW_BODY_SECONDS at under MIN_BODY_BYTES_PER_SECOND, so that a flood of stalled
+        uploads cannot keep every new request out for the body timeout. False if there is none."""
+        for protocol, since in list(self.reading_bodies.items()):
+            seconds = now - since
+            if seconds < SLOW_BODY_SECONDS:
+                return False  # the rest began later still
+            if protocol.body_bytes() < MIN_BODY_BYTES_PER_SECOND * seconds:
+                del self.reading_bodies[protocol]
+                if protocol.close_slow_body(seconds):
+                    self._evicted += 1
+                    self._note(connections, in_flight, "requests in flight")
+                    return True
+        return False
 
     def make_room(self, connections: int, now: float, slow_headers: float = SLOW_HEADERS_SECONDS) -> bool:
         """Close the connection stuck longest to make room for a new one: idle between requests,

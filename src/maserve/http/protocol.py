@@ -91,6 +91,7 @@ class MaserveHttpProtocol(HttpToolsProtocol):
         super().connection_made(_OneWriteTransport(transport))  # type: ignore[arg-type]
         self._headers_since: float | None = None
         self._body_since: float | None = None
+        self._body_bytes = 0
         self._unsent: tuple[int, float] | None = None  # write buffer size, and since when it is stuck
         self._over_cap = False
         guard = self.guard
@@ -120,6 +121,7 @@ class MaserveHttpProtocol(HttpToolsProtocol):
         if guard is not None:
             guard.mark_busy(self)
             guard.headers_done(self)
+            guard.body_done(self)
             guard.check_eased(len(self.connections), len(self.tasks))
 
     def close_idle(self) -> bool:
@@ -140,6 +142,22 @@ class MaserveHttpProtocol(HttpToolsProtocol):
             "connection limit")))
         self.transport.close()
         return True
+
+    def close_slow_body(self, seconds: float) -> bool:
+        """Answer 408 and close: its body is arriving too slowly, and the in-flight cap needs room."""
+        cycle = self.cycle
+        if self._body_since is None or self.transport.is_closing() or cycle is None or cycle.response_started:
+            return False
+        self._body_since = None
+        message = (f"the request's body had sent {self._body_bytes} bytes in {seconds:.1f} s and the server "
+                   "is at its in-flight limit (MASERVE_MAX_IN_FLIGHT)")
+        self.scope["state"][BODY_TIMEOUT_STATE] = message  # the app logs it as this 408 (maserve.app)
+        self.transport.write(raw_reply(RequestTimeout(message)))
+        self.transport.close()
+        return True
+
+    def body_bytes(self) -> int:
+        return self._body_bytes
 
     def _unset_keepalive_if_required(self) -> None:
         super()._unset_keepalive_if_required()
@@ -168,11 +186,15 @@ class MaserveHttpProtocol(HttpToolsProtocol):
         self._headers_since = None
         if self.guard is not None:
             self.guard.headers_done(self)
-        self._body_since = self.loop.time()  # until on_message_complete (at once for a GET)
+        self._body_since = now = self.loop.time()  # until on_message_complete (at once for a GET)
+        self._body_bytes = 0
         guard = self.guard
         refusal = None
-        if guard is not None and (self._over_cap or len(self.tasks) >= guard.limits.max_in_flight):
-            refusal = self._refusal(guard)
+        if guard is not None:
+            guard.body_started(self, now)
+            if self._over_cap or (len(self.tasks) >= guard.limits.max_in_flight and not guard.make_request_room(
+                    len(self.connections), len(self.tasks), now)):
+                refusal = self._refusal(guard)
         if refusal is None:
             super().on_headers_complete()
             return
@@ -182,8 +204,14 @@ class MaserveHttpProtocol(HttpToolsProtocol):
         finally:
             self.app = app
 
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        super().on_body(body)
+
     def on_message_complete(self) -> None:
         self._body_since = None
+        if self.guard is not None:
+            self.guard.body_done(self)
         super().on_message_complete()
 
     def _refusal(self, guard: Guard) -> Callable[..., Any] | None:
@@ -234,9 +262,9 @@ class MaserveHttpProtocol(HttpToolsProtocol):
             if cycle is not None and not cycle.response_started:
                 seconds = guard.limits.body_timeout
                 # the app sees the client go and logs the request as this 408 (maserve.app)
-                self.scope["state"][BODY_TIMEOUT_STATE] = seconds
-                self.transport.write(raw_reply(RequestTimeout(
-                    f"the request's body did not arrive within {seconds:g} s (MASERVE_BODY_TIMEOUT_SECONDS)")))
+                message = f"the request's body did not arrive within {seconds:g} s (MASERVE_BODY_TIMEOUT_SECONDS)"
+                self.scope["state"][BODY_TIMEOUT_STATE] = message
+                self.transport.write(raw_reply(RequestTimeout(message)))
                 self.transport.close()
                 return
         unsent = self.transport.get_write_buffer_size()
