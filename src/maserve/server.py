@@ -27,6 +27,7 @@ from maserve.app import MaserveApp
 from maserve.config import ModelConfig
 from maserve import metrics
 from maserve.http import calls
+from maserve.http.accept import NOT_ACCEPTING, Acceptor, ConnectionBoard
 from maserve.http.limits import Guard, InFlightBoard, Limits, raise_open_file_limit
 from maserve.http.protocol import MaserveHttpProtocol
 from maserve.logs import fields, logging_config
@@ -42,9 +43,43 @@ class _WorkerServer(Server):
     Its SIGTERM (the master's, when the grace period ends) starts the drain: the app hears of it so
     that streams and WebSockets get the drain window and then end cleanly."""
 
-    def __init__(self, config: Any, on_drain: Callable[[], None]) -> None:
+    def __init__(self, config: Any, on_drain: Callable[[], None], connections: ConnectionBoard | None = None,
+                 slot: int = 0) -> None:
         super().__init__(config=config)
         self._on_drain = on_drain
+        self._board = connections
+        self._slot = slot
+        self._acceptors: list[Acceptor] = []
+
+    async def startup(self, sockets: list[Any] | None = None) -> None:
+        """uvicorn's start-up without its listeners: maserve.http.accept accepts, one connection
+        per wake-up, sharing them with the other workers."""
+        if sockets is None:
+            await super().startup()
+            return
+        await super().startup(sockets=[])
+        config = self.config
+
+        def create_protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(config=config, server_state=self.server_state,
+                                              app_state=self.lifespan.state)
+
+        loop = asyncio.get_running_loop()
+        connections = self.server_state.connections
+        self._acceptors = [Acceptor(loop, sock, create_protocol, connections, self._board, self._slot, config.ssl)
+                           for sock in sockets]
+        MaserveHttpProtocol.on_connections_changed = self._publish_connections
+        for acceptor in self._acceptors:
+            acceptor.start()
+
+    def _publish_connections(self) -> None:
+        for acceptor in self._acceptors:
+            acceptor.publish()
+
+    async def shutdown(self, sockets: list[Any] | None = None) -> None:
+        for acceptor in self._acceptors:
+            acceptor.stop()
+        await super().shutdown(sockets=sockets)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         if sig == signal.SIGINT:
@@ -73,6 +108,7 @@ class MaserveWorker(UvicornWorker):
     }
 
     board: InFlightBoard | None = None  # set by the master before the fork
+    connection_board: ConnectionBoard | None = None  # likewise
     slot = 0
 
     async def _serve(self) -> None:
@@ -94,7 +130,7 @@ class MaserveWorker(UvicornWorker):
         calls.restart_worker = self._restart
         log.debug("worker limits", extra=fields(pid=os.getpid(), max_connections=limits.max_connections,
                                                  max_in_flight=limits.max_in_flight))
-        self._server = _WorkerServer(self.config, self.wsgi.begin_drain)
+        self._server = _WorkerServer(self.config, self.wsgi.begin_drain, self.connection_board, self.slot)
         self._install_sigquit_handler()
         await self._server.serve(sockets=self.sockets)
         if not self._server.started:
@@ -124,6 +160,7 @@ class GraceArbiter(Arbiter):
         self.on_stop = on_stop
         self.stop_at: float | None = None
         self.board = InFlightBoard(self.num_workers + 4)
+        self.connections = ConnectionBoard(self.num_workers + 4)  # same slots (maserve.http.accept)
         self.exit_statuses: dict[int, int] = {}  # pid → wait status, for child_exit
 
     def reap_workers(self) -> None:
@@ -258,6 +295,7 @@ def _pre_fork(arbiter: Arbiter, worker: Any) -> None:
     if board is not None:
         worker.board = board
         worker.slot = board.free_slot({getattr(w, "slot", -1) for w in arbiter.WORKERS.values()})
+        worker.connection_board = getattr(arbiter, "connections", None)
 
 
 def _child_exit(arbiter: Arbiter, worker: Any) -> None:
@@ -267,6 +305,9 @@ def _child_exit(arbiter: Arbiter, worker: Any) -> None:
     status = getattr(arbiter, "exit_statuses", {}).pop(worker.pid, None)
     board = getattr(arbiter, "board", None)
     in_flight = board.take(worker.slot) if board is not None and hasattr(worker, "slot") else None
+    connections = getattr(arbiter, "connections", None)
+    if connections is not None and hasattr(worker, "slot"):
+        connections.publish(worker.slot, NOT_ACCEPTING)  # its siblings stop stepping back for it
     values: dict[str, Any] = {"pid": worker.pid, "requests_in_flight": in_flight}
     if status is None:
         log.info("worker exited", extra=fields(**values))

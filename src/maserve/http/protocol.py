@@ -86,9 +86,12 @@ class MaserveHttpProtocol(HttpToolsProtocol):
 
     guard: Guard | None = None
     publish: Callable[[int], None] | None = None
+    on_connections_changed: Callable[[], None] | None = None  # the worker's accept balance (maserve.http.accept)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_OneWriteTransport(transport))  # type: ignore[arg-type]
+        if self.on_connections_changed is not None:
+            self.on_connections_changed()
         self._headers_since: float | None = None
         self._body_since: float | None = None
         self._body_bytes = 0
@@ -117,6 +120,8 @@ class MaserveHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        if self.on_connections_changed is not None:
+            self.on_connections_changed()
         guard = self.guard
         if guard is not None:
             guard.mark_busy(self)
