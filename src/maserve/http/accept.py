@@ -62,6 +62,7 @@ class Acceptor:
         self._slot = slot
         self._ssl = ssl
         self._deferring_since: float | None = None
+        self._setting_up = 0  # accepted, not yet in `connections` (connection_made runs in a task)
         self._watching = False
         self._resume: asyncio.TimerHandle | None = None
         self._stopped = False
@@ -83,7 +84,10 @@ class Acceptor:
     def publish(self) -> None:
         """This worker's open connections, for its siblings (on every accept and close)."""
         if self._board is not None and not self._stopped:
-            self._board.publish(self._slot, len(self._connections))
+            self._board.publish(self._slot, self._held())
+
+    def _held(self) -> int:
+        return len(self._connections) + self._setting_up
 
     def _watch(self) -> None:
         self._resume = None
@@ -104,7 +108,7 @@ class Acceptor:
         if self._board is not None:
             fewest = self._board.fewest_elsewhere(self._slot)
             now = self._loop.time()
-            if fewest is not None and len(self._connections) > fewest:
+            if fewest is not None and self._held() > fewest:
                 if self._deferring_since is None:
                     self._deferring_since = now
                 if now - self._deferring_since < MAX_DEFER_SECONDS:
@@ -119,15 +123,22 @@ class Acceptor:
             if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                 log.warning("accept failed: out of descriptors or memory; pausing accept",
                             extra={"error": str(exc)})
-                self._pause(OUT_OF_FILES_PAUSE_SECONDS)
-                return
-            raise
+            else:
+                log.exception("accept failed; pausing accept")
+            self._pause(OUT_OF_FILES_PAUSE_SECONDS)
+            return
         conn.setblocking(False)
+        self._setting_up += 1
+        self.publish()  # at once: a sibling woken by the same connection burst sees it
         self._loop.create_task(self._connect(conn))
 
     async def _connect(self, conn: socket.socket) -> None:
         try:
-            await self._loop.connect_accepted_socket(self._factory, conn, ssl=self._ssl)
+            try:
+                await self._loop.connect_accepted_socket(self._factory, conn, ssl=self._ssl)
+            finally:
+                self._setting_up -= 1
+                self.publish()
         except (OSError, asyncio.CancelledError) as exc:  # a TLS handshake that failed, a client gone
             conn.close()
             if isinstance(exc, asyncio.CancelledError):
