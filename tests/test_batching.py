@@ -167,17 +167,32 @@ def test_quick_batches_run_on_the_event_loop_and_a_slow_one_sends_the_next_back_
 @pytest.mark.parametrize("threads", [1, 2])
 def test_batch_threads_run_that_many_batches_at_once(tmp_path: Path, batch_dir: Path, threads: int) -> None:
     """MASERVE_BATCH_THREADS=2: a request that arrives while one batch holds a thread runs on the
-    second thread and is answered first; with one batch thread it waits for the first batch."""
+    second thread and is answered first; with one batch thread it waits for the first batch. The
+    order answered is the order of the access lines (one worker writes them as it answers)."""
     server = start_server(tmp_path, batch_dir, env={"MASERVE_WORKERS": "1", "MASERVE_BATCH_THREADS": str(threads)})
+
+    def post(text: str, request_id: str) -> Reply:
+        conn = server.connect()
+        try:
+            body, ctype = multipart([("file", "t.txt", text.encode())])
+            return request(conn, "POST", "/echo", body, {"Content-Type": ctype, "X-Request-Id": request_id})
+        finally:
+            conn.close()
+
     try:
         with ThreadPoolExecutor(2) as pool:
-            held = pool.submit(_post_text, server, "sleep:1.5")
+            held = pool.submit(post, "sleep:1.5", "held")
             time.sleep(0.3)  # the held batch is running
-            other = _post_text(server, "other")
-            held_done_first = held.done()
+            other = post("other", "other")
             assert other.status == 200 and other.json()["batch"] == 1
             assert held.result(timeout=30).status == 200
-        assert held_done_first == (threads == 1)
+        lines = server.wait_log(lambda r: r.get("request_id") in ("held", "other"))
+        deadline = time.monotonic() + 5
+        while len(lines) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            lines = [r for r in server.log_records() if r.get("request_id") in ("held", "other")]
+        order = [r["request_id"] for r in lines]
+        assert order == (["held", "other"] if threads == 1 else ["other", "held"]), order
         if threads == 2:
             assert other.json()["thread"] != held.result().json()["thread"]
     finally:
