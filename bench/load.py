@@ -12,7 +12,7 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from servers import (LUA, REPO, WARMUP_CONNECTIONS, WRK_TIMEOUT, _LIBC, BenchError, LoadResult, ServerRun, ServerSpec,
                      _die_with_parent, cpu_seconds, log, memory_of, predict_once, server_output, session_pids,
@@ -93,6 +93,12 @@ def run_wrk(url: str, image: Path, connections: int, duration_s: int,
 def connections_per_process(sid: int, port: int) -> list[int]:
     """Established TCP connections on `port` held by each process of session `sid`, most first:
     how the kernel handed wrk's connections to the workers (e.g. [33, 31])."""
+    return sorted((held for held in connections_per_pid(session_pids(sid), port) if held), reverse=True)
+
+
+def connections_per_pid(pids: Iterable[int], port: int) -> list[int]:
+    """Established TCP connections on `port` (the server's ends) held by each of `pids`, in their
+    order, from /proc (tests/test_accept_balance.py uses it too)."""
     inodes: set[str] = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -105,10 +111,11 @@ def connections_per_process(sid: int, port: int) -> list[int]:
             if len(cols) > 9 and cols[3] == "01" and int(cols[1].rsplit(":", 1)[1], 16) == port:
                 inodes.add(cols[9])  # 01 = ESTABLISHED; the server's end has the server's port
     counts = []
-    for pid in session_pids(sid):
+    for pid in pids:
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:
+            counts.append(0)
             continue
         held = 0
         for fd in fds:
@@ -118,9 +125,8 @@ def connections_per_process(sid: int, port: int) -> list[int]:
                 continue
             if target.startswith("socket:[") and target[8:-1] in inodes:
                 held += 1
-        if held:
-            counts.append(held)
-    return sorted(counts, reverse=True)
+        counts.append(held)
+    return counts
 
 
 def batch_counts(spec: ServerSpec) -> tuple[float, float] | None:
