@@ -39,7 +39,7 @@ VERSIONED_PACKAGES = (
 
 # Every server run.py knows, in the order they run. Ratios are always against maserve (and the
 # targets maserve/baseline).
-SERVERS = ("maserve", "maserve-h11", "starlette", "baseline")
+SERVERS = ("maserve", "maserve-h11", "starlette", "baseline", "floor-asgi", "floor-raw")
 DEFAULT_SERVERS = ("maserve", "baseline")
 # Python modules a server needs in the venv beyond gunicorn (checked before the run starts).
 SERVER_MODULES = {
@@ -47,6 +47,8 @@ SERVER_MODULES = {
     "maserve-h11": ("maserve", "uvicorn_worker", "h11"),
     "starlette": ("starlette", "python_multipart", "uvicorn_worker"),
     "baseline": ("flask", "gevent"),
+    "floor-asgi": ("uvicorn_worker", "httptools", "uvloop"),
+    "floor-raw": ("httptools", "uvloop"),
 }
 
 
@@ -131,6 +133,15 @@ def server_spec(name: str, venv_bin: Path, model_dir: Path, workers: int) -> Ser
         # The ModelArts spec's recipe: Flask on gunicorn + gevent.
         argv = [*gunicorn, "-k", "gevent", "bench.baseline_app:app"]
         env = {"BASELINE_MODEL_DIR": str(model_dir)}
+    elif name == "floor-asgi":
+        # No model: the canned answer from a bare ASGI app on uvicorn's worker (bench/floor_app.py).
+        argv = [*gunicorn, "-k", "uvicorn_worker.UvicornWorker", "bench.floor_app:app"]
+        env = {}
+    elif name == "floor-raw":
+        # No model, no ASGI: uvloop + httptools and a prebuilt reply (bench/floor_app.py).
+        argv = [sys.executable, str(BENCH / "floor_app.py"), "--host", HOST, "--port", str(port),
+                "--workers", str(workers)]
+        env = {}
     else:  # pragma: no cover - parse_args only lets SERVERS through
         raise ValueError(name)
     return ServerSpec(name, argv, env, url, port)

@@ -154,12 +154,16 @@ class MaserveHttpProtocol(HttpToolsProtocol):
         if self._body_since is None or self.transport.is_closing() or cycle is None or cycle.response_started:
             return False
         self._body_since = None
-        message = (f"the request's body had sent {self._body_bytes} bytes in {seconds:.1f} s and the server "
-                   "is at its in-flight limit (MASERVE_MAX_IN_FLIGHT)")
-        self.scope["state"][BODY_TIMEOUT_STATE] = message  # the app logs it as this 408 (maserve.app)
+        self._end_body_late(f"the request's body had sent {self._body_bytes} bytes in {seconds:.1f} s and the "
+                            "server is at its in-flight limit (MASERVE_MAX_IN_FLIGHT)")
+        return True
+
+    def _end_body_late(self, message: str) -> None:
+        """Answer 408 with `message` and close; the app sees the client go and logs the request as
+        this 408 (maserve.app reads the message from the scope's state)."""
+        self.scope["state"][BODY_TIMEOUT_STATE] = message
         self.transport.write(raw_reply(RequestTimeout(message)))
         self.transport.close()
-        return True
 
     def body_bytes(self) -> int:
         return self._body_bytes
@@ -266,11 +270,8 @@ class MaserveHttpProtocol(HttpToolsProtocol):
             cycle = self.cycle
             if cycle is not None and not cycle.response_started:
                 seconds = guard.limits.body_timeout
-                # the app sees the client go and logs the request as this 408 (maserve.app)
-                message = f"the request's body did not arrive within {seconds:g} s (MASERVE_BODY_TIMEOUT_SECONDS)"
-                self.scope["state"][BODY_TIMEOUT_STATE] = message
-                self.transport.write(raw_reply(RequestTimeout(message)))
-                self.transport.close()
+                self._end_body_late(f"the request's body did not arrive within {seconds:g} s "
+                                    "(MASERVE_BODY_TIMEOUT_SECONDS)")
                 return
         unsent = self.transport.get_write_buffer_size()
         if not unsent:
