@@ -80,7 +80,9 @@ def test_a_folder_of_mnist_uploads_with_bad_files(mnist_server: Server, tmp_path
 def test_retries_a_503_then_succeeds_and_a_400_fails_alone(files_server: Server, tmp_path: Path) -> None:
     src, dest = tmp_path / "in", tmp_path / "out"
     (src / "sub").mkdir(parents=True)
-    data = {"flaky-1.bin": b"a" * 100, "fail-1.bin": b"b", "sub/ok.bin": b"c" * 7}
+    data = {"flaky-1.bin": b"a" * 100, "fail-1.bin": b"b", "sub/ok.bin": b"c" * 7,
+            # around the client's first read of an input (64 KB): each must arrive whole
+            **{f"size-{n}.bin": bytes(range(256)) * (n // 256) + b"x" * (n % 256) for n in (65535, 65536, 65537, 300001)}}
     for name, content in data.items():
         (src / name).write_bytes(content)
     done = run_batch(_url(files_server), "--config", str(BATCH_FILES), "--src-path", str(src), "--dest-path", str(dest))
@@ -91,6 +93,9 @@ def test_retries_a_503_then_succeeds_and_a_400_fails_alone(files_server: Server,
     assert json.loads(Path(flaky["inference-loc"]).read_text())["sha256"] == _sha(data["flaky-1.bin"])
     assert records[str(src / "fail-1.bin")] == {"source": str(src / "fail-1.bin"), "result": "FAILED",
                                                 "error_message": "fail-1.bin asked to fail"}
+    for name in (name for name in data if name.startswith("size-")):
+        answer = json.loads(Path(records[str(src / name)]["inference-loc"]).read_text())
+        assert answer["sha256"] == _sha(data[name]), name
     nested = records[str(src / "sub/ok.bin")]
     assert nested["inference-loc"].endswith("/sub/ok.bin_result.txt")  # the folder's layout is kept
     assert "1 retried" in done.stdout
