@@ -11,6 +11,9 @@ Two servers that read the request (headers and the whole multipart body) and ans
 
 The difference between maserve's CPU per request and these, and the in-process pipeline's, says
 where a request's time goes (bench/RESULTS.md, "Where a small model's request goes").
+FLOOR_WORK_US=N makes each answer cost N us of CPU first (a spin on the event loop, as a small
+model's batch runs there): the floor at a model's cost, where the server and not the client is
+the bottleneck, so that each reply has to wake a waiting client as maserve's do.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ import os
 import signal
 import socket
 import sys
+import time
 from typing import Any
 
 ANSWER = b'{"mnist_result": 7}'
 HEALTH = b'{"health": "true"}'
 _HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(ANSWER)).encode())]
+WORK_SECONDS = float(os.environ.get("FLOOR_WORK_US", "0")) / 1e6
 _HEALTH_HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(HEALTH)).encode())]
 
 
@@ -42,8 +47,18 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         message = await receive()
         more = message.get("more_body", False)
     health = scope["path"] == "/health"
+    if not health:
+        _work()
     await send({"type": "http.response.start", "status": 200, "headers": _HEALTH_HEADERS if health else _HEADERS})
     await send({"type": "http.response.body", "body": HEALTH if health else ANSWER})
+
+
+def _work() -> None:
+    """FLOOR_WORK_US of CPU, a stand-in for the model's (perf_counter: no system call to read)."""
+    if WORK_SECONDS:
+        end = time.perf_counter() + WORK_SECONDS
+        while time.perf_counter() < end:
+            pass
 
 
 def _reply(body: bytes) -> bytes:
@@ -73,6 +88,8 @@ class _RawProtocol(asyncio.Protocol):
         self.url = url
 
     def on_message_complete(self) -> None:
+        if self.url != b"/health":
+            _work()
         self.transport.write(self._REPLIES.get(self.url, self._DEFAULT))
         if not self.parser.should_keep_alive():
             self.transport.close()

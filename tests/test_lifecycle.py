@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import os
 import signal
 import socket
@@ -164,6 +165,9 @@ def test_log_lines_json(tmp_path: Path) -> None:
         assert plain.status == 200 and plain.headers.get("x-request-id")  # one is made when none is given
 
         record = _wait_record(server, lambda r: r.get("request_id") == "lifecycle-test-42")
+        assert list(record)[:4] == ["time", "level", "logger", "message"]  # the shape of every other line
+        assert (record["level"], record["logger"], record["message"]) == ("INFO", "maserve.access", "request")
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", record["time"]), record["time"]
         assert record["method"] == "POST"
         assert record["path"] == "/echo"
         assert record["status"] == 200
@@ -197,6 +201,8 @@ def test_log_lines_text(tmp_path: Path) -> None:
         for part in ("method=POST", "path=/echo", "status=200", "latency_ms=", f"bytes={len(reply.body)}"):
             assert part in request_line, request_line
         assert " INFO " in request_line
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO    maserve\.access: request "
+                            r"request_id=text-log-7 method=POST .*", request_line), request_line
     finally:
         server.stop()
 
