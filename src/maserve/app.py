@@ -198,7 +198,7 @@ class MaserveApp:
                 request_id = value
             elif name == b"traceparent":
                 traceparent = value
-        request_id = self._checked_request_id(request_id)
+        request_id = self.checked_request_id(request_id)
         trace_id = trace_id_of(traceparent) if traceparent else None
         method: str = scope["method"]
         path: str = scope["path"]
@@ -326,6 +326,21 @@ class MaserveApp:
                 raise StreamTimeout(f"no first event within {timeout:g} s (MASERVE_REQUEST_TIMEOUT_SECONDS)") from None
             raise InferenceTimeout(f"inference did not finish within {timeout:g} s") from None
 
+    # -- what maserve.http.fastlane uses ------------------------------------------------------
+    @property
+    def batcher(self) -> Batcher | None:
+        return self._batcher
+
+    def ready(self) -> bool:
+        """This worker's model is loaded and warmed up."""
+        return self._ready.is_set()
+
+    def fast_route(self, path: str) -> Route | None:
+        """The POST route at `path` if it answers once (not a stream), else None."""
+        by_method = self._routes.get(path)
+        route = by_method.get("POST") if by_method is not None else None
+        return None if route is None or route.streams else route
+
     # -- what maserve.websocket uses ----------------------------------------------------------
     @property
     def model(self) -> Model | None:
@@ -351,10 +366,10 @@ class MaserveApp:
         """The caller's X-Request-Id when it is safe to log, else a new one."""
         for name, value in scope["headers"]:
             if name == b"x-request-id":
-                return self._checked_request_id(value)
+                return self.checked_request_id(value)
         return self._new_request_id()
 
-    def _checked_request_id(self, given: bytes) -> bytes:
+    def checked_request_id(self, given: bytes) -> bytes:
         """The caller's id when it is safe to log (short, printable), else a new one."""
         return given if _REQUEST_ID.fullmatch(given) else self._new_request_id()
 

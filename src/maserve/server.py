@@ -29,6 +29,7 @@ from maserve import metrics
 from maserve.http import calls
 from maserve.http.accept import NOT_ACCEPTING, Acceptor, ConnectionBoard
 from maserve.http.limits import Guard, InFlightBoard, Limits, raise_open_file_limit
+from maserve.http.fastlane import FastLane
 from maserve.http.protocol import MaserveHttpProtocol
 from maserve.logs import fields, logging_config
 from maserve.settings import THREADS_ENV, Settings
@@ -122,6 +123,7 @@ class MaserveWorker(UvicornWorker):
         self.config.ws_max_size = settings.max_body_bytes  # past it: close code 1009
         limits = Limits.derive(settings)
         MaserveHttpProtocol.guard = Guard(limits, self.wsgi.config.health_url)
+        MaserveHttpProtocol.fast_lane = FastLane(self.wsgi)
         PlatformWebSocketProtocol.send_timeout = limits.send_timeout
         if self.board is not None:
             MaserveHttpProtocol.publish = staticmethod(self.board.writer(self.slot))  # type: ignore[assignment]

@@ -20,6 +20,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from maserve.errors import MalformedRequest, Overloaded, RequestTimeout, ServiceError
 from maserve.http.body import BODY_TIMEOUT_STATE
+from maserve.http.fastlane import FastCycle, FastLane
 from maserve.http.limits import RESERVED_FILES, RETRY_AFTER_SECONDS, URGENT_SLOW_HEADERS_SECONDS, Guard
 from maserve.logs import fields
 
@@ -87,6 +88,7 @@ class MaserveHttpProtocol(HttpToolsProtocol):
     guard: Guard | None = None
     publish: Callable[[int], None] | None = None
     on_connections_changed: Callable[[], None] | None = None  # the worker's accept balance (maserve.http.accept)
+    fast_lane: FastLane | None = None  # the worker's short path for small batched requests (maserve.http.fastlane)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_OneWriteTransport(transport))  # type: ignore[arg-type]
@@ -205,7 +207,8 @@ class MaserveHttpProtocol(HttpToolsProtocol):
                     len(self.connections), len(self.tasks), now)):
                 refusal = self._refusal(guard)
         if refusal is None:
-            super().on_headers_complete()
+            if self.fast_lane is None or self.fast_lane.take(self) is None:
+                super().on_headers_complete()
             return
         app, self.app = self.app, refusal
         try:
@@ -215,12 +218,21 @@ class MaserveHttpProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
+        cycle = self.cycle
+        if type(cycle) is FastCycle:
+            cycle.parts.append(body)  # a known, small size (fastlane.take): no flow control needed
+            return
         super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._body_since = None
         if self.guard is not None:
             self.guard.body_done(self)
+        cycle = self.cycle
+        if type(cycle) is FastCycle:
+            if not cycle.dispatched and self.fast_lane is not None:
+                self.fast_lane.dispatch(cycle)
+            return
         super().on_message_complete()
 
     def _refusal(self, guard: Guard) -> Callable[..., Any] | None:
