@@ -2,7 +2,7 @@
 by the connection's protocol itself, with no ASGI request cycle, task, scope messages or events.
 
 On a small model uvicorn's per-request machinery costs about as much as the model (bench/RESULTS.md,
-"Where a small model's request goes": the canned answer on uvicorn's protocol costs 69 us of CPU a
+"Where a small model's request goes": the canned answer on uvicorn's protocol costs 63 us of CPU a
 request more than on a bare httptools protocol, 93 us of model). A request takes this lane only
 when nothing about it needs more than reading a known-size body and answering once: an idle
 keep-alive HTTP/1.1 connection, POST to a plain (not streaming) api of a loaded batching model,
