@@ -1,5 +1,5 @@
-"""maserve.http.fastlane against a real server: small POSTs to a batching model are answered by the
-protocol itself, and must answer exactly as the ASGI way does (same status line, headers in the
+"""maserve.http.fastlane against a real server: small POSTs to a model (batching or not) are
+answered by the protocol itself, and must answer exactly as the ASGI way does (same status line, headers in the
 same order, body, access line), in order on a pipelined connection, with the 504 at the request
 timeout, the 408 and 499 of a body that stalls or is cut, `connection: close` when asked, and
 through a graceful stop. A valid `traceparent` sends the same request the ASGI way (the lane
@@ -16,9 +16,10 @@ import time
 
 import pytest
 
-from helpers import FIXTURE_MODELS, start_server
+from helpers import FIXTURE_MODELS, multipart, start_server
 
-SUMS_DIR = FIXTURE_MODELS / "sums"
+SUMS_DIR = FIXTURE_MODELS / "sums"  # batching (prepare + predict_batch), JSON
+ECHO_DIR = FIXTURE_MODELS / "echo"  # predict alone, multipart
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
@@ -31,9 +32,17 @@ def server(tmp_path_factory):
     server.stop()
 
 
-def post(body: dict | bytes, *headers: str, path: str = "/") -> bytes:
+@pytest.fixture(scope="module")
+def echo_server(tmp_path_factory):
+    server = start_server(tmp_path_factory.mktemp("fastlane-echo"), ECHO_DIR,
+                          env={"MASERVE_WORKERS": "1", "MASERVE_REQUEST_TIMEOUT_SECONDS": "0.5"})
+    yield server
+    server.stop()
+
+
+def post(body: dict | bytes, *headers: str, path: str = "/", content_type: str = "application/json") -> bytes:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    head = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json",
+    head = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Type: {content_type}",
             f"Content-Length: {len(data)}", *headers]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + data
 
@@ -89,6 +98,26 @@ def test_the_lane_answers_what_the_asgi_way_answers(server, body) -> None:
     for line in (fast_line, asgi_line):
         line.pop("time"), line.pop("latency_ms"), line.pop("request_id")
     assert fast_line == asgi_line
+
+
+@pytest.mark.parametrize("case", ["ok", "no file", "sleep not a number"])
+def test_a_model_without_batches_answers_the_same_both_ways_and_its_504(echo_server, case) -> None:
+    files = [] if case == "no file" else [("file", "blob.bin", b"x" * 3000)]
+    fields = {"sleep": "soon"} if case == "sleep not a number" else None
+    data, content_type = multipart(files, fields)
+    request_id = case.replace(" ", "-")
+    fast = exchange(echo_server, post(data, f"X-Request-Id: f-{request_id}", path="/echo", content_type=content_type))
+    asgi = exchange(echo_server, post(data, f"X-Request-Id: a-{request_id}", f"traceparent: {TRACEPARENT}",
+                                      path="/echo", content_type=content_type))
+    assert _shape(fast[0]) == _shape(asgi[0])
+    assert echo_server.wait_log(lambda r: r.get("request_id") == f"f-{request_id}")
+    if case == "ok":
+        slow, slow_type = multipart([("file", "blob.bin", b"x")], {"sleep": "1.5"})
+        started = time.monotonic()
+        status, _, body = exchange(echo_server, post(slow, path="/echo", content_type=slow_type))[0]
+        assert status == b"HTTP/1.1 504 Gateway Timeout", body
+        assert time.monotonic() - started < 1.4
+        assert exchange(echo_server, post(data, path="/echo", content_type=content_type))[0][0] == b"HTTP/1.1 200 OK"
 
 
 def test_pipelined_requests_are_answered_in_order(server) -> None:

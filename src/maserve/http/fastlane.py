@@ -1,14 +1,15 @@
-"""The short path for the common request: a small POST to a batching model's api, read and answered
-by the connection's protocol itself, with no ASGI request cycle, task, scope messages or events.
+"""The short path for the common request: a small POST to a model's api, read and answered by the
+connection's protocol itself, with no ASGI request cycle, task, scope messages or events.
 
 On a small model uvicorn's per-request machinery costs about as much as the model (bench/RESULTS.md,
 "Where a small model's request goes": the canned answer on uvicorn's protocol costs 63 us of CPU a
 request more than on a bare httptools protocol, 93 us of model). A request takes this lane only
 when nothing about it needs more than reading a known-size body and answering once: an idle
-keep-alive HTTP/1.1 connection, POST to a plain (not streaming) api of a loaded batching model,
+keep-alive HTTP/1.1 connection, POST to a plain (not streaming) api of a loaded model,
 a Content-Length up to INLINE_MAX_BODY_BYTES, no Transfer-Encoding, Expect, Upgrade or
-traceparent, an acceptable Content-Type, the worker not stopping. Anything else, errors before the
-model included, goes the ASGI way as before. The answer is the same bytes either way: the same
+traceparent, an acceptable Content-Type, the worker not stopping. It goes into the next batch of
+a batching model, or to the inference thread (`predict_one`, as the ASGI way calls it) of any
+other. Anything else, errors before the model included, goes the ASGI way as before. The answer is the same bytes either way: the same
 headers in the same order (uvicorn's date first), the same access line and metrics, the same 504
 at the request timeout, and uvicorn's own bookkeeping (keep-alive timer, pipelined requests,
 graceful shutdown, the in-flight count) sees a `FastCycle` where it expects a request cycle.
@@ -27,7 +28,7 @@ from maserve.decode import check_content_type
 from maserve.errors import InferenceTimeout, RequestTimeout, ServiceError
 from maserve.http.batcher import INLINE_MAX_BODY_BYTES
 from maserve.http.body import BODY_TIMEOUT_STATE
-from maserve.http.calls import Route
+from maserve.http.calls import Route, predict_one
 from maserve.logs import fields
 
 if TYPE_CHECKING:
@@ -89,8 +90,7 @@ class FastLane:
         """A FastCycle for the request whose headers `protocol` just parsed, or None (the ASGI way)."""
         app = self.app
         cycle = protocol.cycle
-        if (app.batcher is None or (cycle is not None and not cycle.response_complete) or app.stopping.is_set()
-                or not app.ready()):
+        if (cycle is not None and not cycle.response_complete) or app.stopping.is_set() or not app.ready():
             return None
         parser = protocol.parser
         if parser.get_method() != b"POST" or parser.get_http_version() != "1.1" or parser.should_upgrade():
@@ -135,14 +135,18 @@ class FastLane:
             protocol.publish(len(protocol.tasks))
 
     def dispatch(self, cycle: FastCycle) -> None:
-        """The body is whole: into the next batch, with the request timeout's 504 armed."""
+        """The body is whole: into the next batch (or to the inference thread), with the request
+        timeout's 504 armed."""
         cycle.dispatched = True
         body = cycle.parts[0] if len(cycle.parts) == 1 else b"".join(cycle.parts)
         cycle.parts = []
         app = self.app
         loop = cycle.protocol.loop
-        assert app.batcher is not None
-        future = app.batcher.submit(loop, cycle.route, body, cycle.boundary)
+        future: asyncio.Future[bytes]
+        if app.batcher is not None:
+            future = app.batcher.submit(loop, cycle.route, body, cycle.boundary)
+        else:
+            future = loop.run_in_executor(app.executor, predict_one, app.model, cycle.route, body, cycle.boundary)
         timeout = app.settings.request_timeout_seconds
         timer = loop.call_at(loop.time() + timeout, _time_out, future)
         future.add_done_callback(lambda done: self._answer(cycle, done, timer, timeout))
