@@ -154,6 +154,13 @@ class FastLane:
     def _answer(self, cycle: FastCycle, future: asyncio.Future[bytes], timer: asyncio.TimerHandle,
                 timeout: float) -> None:
         timer.cancel()
+        try:
+            self._reply(cycle, future, timeout)
+        except Exception:  # a bug here must not leave the client waiting on an open connection
+            log.exception("unexpected error answering a request", extra=fields(request_id=cycle.request_id.decode()))
+            cycle.protocol.transport.close()
+
+    def _reply(self, cycle: FastCycle, future: asyncio.Future[bytes], timeout: float) -> None:
         error: ServiceError | None = None
         if future.cancelled():
             error = InferenceTimeout(f"inference did not finish within {timeout:g} s")
