@@ -43,10 +43,13 @@ def _timestamp(record: logging.LogRecord) -> str:
     return _timestamp_at(record.created, int(record.msecs))
 
 
-def _timestamp_at(created: float, msecs: int) -> str:
-    """ISO 8601 UTC with milliseconds; the formatted second is reused (strftime is costly per line)."""
+def _timestamp_at(created: float, msecs: int | None = None) -> str:
+    """ISO 8601 UTC with milliseconds (from `created` unless given, as a LogRecord's msecs); the
+    formatted second is reused (strftime is costly per line)."""
     global _last_second
     second = int(created)
+    if msecs is None:
+        msecs = int((created - second) * 1000)
     if second != _last_second[0]:
         _last_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
     return f"{_last_second[1]}.{msecs:03d}Z"
@@ -71,7 +74,7 @@ class JsonFormatter(logging.Formatter):
     def line(created: float, level: int, logger: str, message: str, values: dict[str, Any]) -> str:
         """What `format` makes of a record with these values and no exception, without the record."""
         entry: dict[str, Any] = {
-            "time": _timestamp_at(created, int((created - int(created)) * 1000)),
+            "time": _timestamp_at(created),
             "level": logging.getLevelName(level),
             "logger": logger,
             "message": message,
@@ -94,7 +97,6 @@ class TextFormatter(logging.Formatter):
     def line(created: float, level: int, logger: str, message: str, values: dict[str, Any],
              msecs: int | None = None) -> str:
         """What `format` makes of a record with these values and no exception, without the record."""
-        msecs = int((created - int(created)) * 1000) if msecs is None else msecs
         line = f"{_timestamp_at(created, msecs)} {logging.getLevelName(level):<7} {logger}: {message}"
         extra = " ".join(f"{k}={v}" for k, v in values.items())
         return f"{line} {extra}" if extra else line
@@ -196,10 +198,10 @@ def _direct_handler(logger: logging.Logger) -> tuple[TickStreamHandler, Callable
         current = current.parent if current.propagate else None
     if len(found) != 1 or type(found[0]) is not TickStreamHandler:
         return None
-    line = getattr(found[0].formatter, "line", None)
-    if type(found[0].formatter) not in (JsonFormatter, TextFormatter) or line is None:
+    formatter = found[0].formatter
+    if type(formatter) not in (JsonFormatter, TextFormatter):
         return None
-    return found[0], line
+    return found[0], formatter.line  # type: ignore[union-attr]
 
 
 # The caller's W3C trace id during a request (maserve.app sets it from `traceparent`): the model's

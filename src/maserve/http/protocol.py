@@ -88,7 +88,7 @@ class MaserveHttpProtocol(HttpToolsProtocol):
     guard: Guard | None = None
     publish: Callable[[int], None] | None = None
     on_connections_changed: Callable[[], None] | None = None  # the worker's accept balance (maserve.http.accept)
-    fast_lane: FastLane | None = None  # the worker's short path for small batched requests (maserve.http.fastlane)
+    fast_lane: FastLane | None = None  # the worker's short path for small requests (maserve.http.fastlane)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_OneWriteTransport(transport))  # type: ignore[arg-type]
