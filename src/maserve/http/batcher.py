@@ -28,7 +28,7 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from maserve.decode import decode
 from maserve.errors import ServiceError
@@ -47,6 +47,16 @@ INLINE_BATCH_SECONDS = 0.02
 INLINE_MAX_BODY_BYTES = 64 * 1024
 
 
+class Answer(Protocol):
+    """Where a request's outcome goes: an asyncio.Future (the ASGI way awaits it), or the short
+    lane's request itself (maserve.http.fastlane), which answers its client on the spot, in the
+    iteration its batch ends, instead of one loop callback later per request."""
+
+    def done(self) -> bool: ...
+    def set_result(self, result: bytes, /) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
 @dataclass(slots=True)
 class Job:
     """A request waiting for its batch; `future` gets its encoded answer or its error."""
@@ -54,7 +64,7 @@ class Job:
     route: Route
     body: bytes
     boundary: bytes | None
-    future: asyncio.Future[bytes]
+    future: Answer
     trace_id: str | None = None  # the caller's (W3C traceparent), for the model's log lines
 
 
@@ -90,11 +100,15 @@ class Batcher:
                boundary: bytes | None) -> asyncio.Future[bytes]:
         """Queue a request for the next batch. Unless every batch thread is busy, the batch starts
         at the end of this loop iteration, with every request the iteration read."""
-        job = Job(route, body, boundary, loop.create_future(), TRACE_ID.get())
+        future: asyncio.Future[bytes] = loop.create_future()
+        self.add(loop, Job(route, body, boundary, future, TRACE_ID.get()))
+        return future
+
+    def add(self, loop: asyncio.AbstractEventLoop, job: Job) -> None:
+        """Queue `job` for the next batch (as `submit`, with the answer going where `job` says)."""
         self._pending.append(job)
         if len(self._pending) == 1 and self._busy_batches < self.threads:
             loop.call_soon(self._start_if_idle, loop)
-        return job.future
 
     def _start_if_idle(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start batches while requests wait and a batch thread is free."""

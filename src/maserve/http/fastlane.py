@@ -26,7 +26,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from maserve.decode import check_content_type
 from maserve.errors import InferenceTimeout, RequestTimeout, ServiceError
-from maserve.http.batcher import INLINE_MAX_BODY_BYTES
+from maserve.http.batcher import INLINE_MAX_BODY_BYTES, Job
 from maserve.http.body import BODY_TIMEOUT_STATE
 from maserve.http.calls import Route, predict_one
 from maserve.logs import fields
@@ -42,10 +42,12 @@ _CONTENT_TYPE = b"content-type: application/json\r\n"
 class FastCycle:
     """One fast-lane request, in the attributes uvicorn's protocol reads of a request cycle
     (`response_complete`, `keep_alive`, `disconnected`, `message_event.set()` on a lost
-    connection, `cancel()` on a forced exit: it sits in the protocol's task set while in flight)."""
+    connection, `cancel()` on a forced exit: it sits in the protocol's task set while in flight),
+    and the batcher's answer slot (`done`, `set_result`, `set_exception`: maserve.http.batcher.Answer),
+    so that its batch answers it directly."""
 
     __slots__ = ("route", "path", "boundary", "request_id", "started", "parts", "keep_alive", "response_started",
-                 "response_complete", "disconnected", "dispatched", "protocol", "more_body", "body")
+                 "response_complete", "disconnected", "dispatched", "protocol", "more_body", "body", "timer")
 
     def __init__(self, protocol: Any, route: Route, path: str, boundary: bytes | None, request_id: bytes,
                  started: float, keep_alive: bool) -> None:
@@ -60,6 +62,7 @@ class FastCycle:
         self.response_started = self.response_complete = self.disconnected = self.dispatched = False
         self.more_body = True
         self.body = b""  # uvicorn's on_body is never reached for this cycle (the protocol keeps `parts`)
+        self.timer: asyncio.TimerHandle | None = None  # the request timeout's 504, once dispatched
 
     @property
     def message_event(self) -> FastCycle:
@@ -78,6 +81,17 @@ class FastCycle:
 
     def cancel(self) -> None:
         """uvicorn cancels its tasks when it is forced to exit: nothing to cancel here."""
+
+    # -- the batcher's answer slot ----------------------------------------------------------
+    def done(self) -> bool:
+        """Answered already (at the request timeout): its batch leaves it out, or its answer is dropped."""
+        return self.response_complete
+
+    def set_result(self, body: bytes) -> None:
+        self.protocol.fast_lane.answer(self, 200, body, None)
+
+    def set_exception(self, exception: BaseException) -> None:
+        self.protocol.fast_lane.answer(self, 0, b"", exception)
 
 
 class FastLane:
@@ -142,37 +156,39 @@ class FastLane:
         cycle.parts = []
         app = self.app
         loop = cycle.protocol.loop
-        future: asyncio.Future[bytes]
-        if app.batcher is not None:
-            future = app.batcher.submit(loop, cycle.route, body, cycle.boundary)
-        else:
-            future = loop.run_in_executor(app.executor, predict_one, app.model, cycle.route, body, cycle.boundary)
         timeout = app.settings.request_timeout_seconds
-        timer = loop.call_at(loop.time() + timeout, _time_out, future)
-        future.add_done_callback(lambda done: self._answer(cycle, done, timer, timeout))
+        cycle.timer = loop.call_at(loop.time() + timeout, self._time_out, cycle, timeout)
+        if app.batcher is not None:
+            app.batcher.add(loop, Job(cycle.route, body, cycle.boundary, cycle))
+            return
+        future = loop.run_in_executor(app.executor, predict_one, app.model, cycle.route, body, cycle.boundary)
+        future.add_done_callback(lambda done: _settle(cycle, done))
 
-    def _answer(self, cycle: FastCycle, future: asyncio.Future[bytes], timer: asyncio.TimerHandle,
-                timeout: float) -> None:
-        timer.cancel()
+    def _time_out(self, cycle: FastCycle, timeout: float) -> None:
+        """The request timeout: its 504 now (the batch or thread answering later finds it done)."""
+        cycle.timer = None
+        self.answer(cycle, 0, b"", InferenceTimeout(f"inference did not finish within {timeout:g} s"))
+
+    def answer(self, cycle: FastCycle, status: int, body: bytes, exception: BaseException | None) -> None:
+        """Answer `cycle` with `body` (status 200) or for `exception`, once: later calls are dropped."""
+        if cycle.response_complete:
+            return
+        if cycle.timer is not None:
+            cycle.timer.cancel()
         try:
-            self._reply(cycle, future, timeout)
+            self._reply(cycle, status, body, exception)
         except Exception:  # a bug here must not leave the client waiting on an open connection
             log.exception("unexpected error answering a request", extra=fields(request_id=cycle.request_id.decode()))
             cycle.protocol.transport.close()
 
-    def _reply(self, cycle: FastCycle, future: asyncio.Future[bytes], timeout: float) -> None:
+    def _reply(self, cycle: FastCycle, status: int, body: bytes, exception: BaseException | None) -> None:
         error: ServiceError | None = None
-        if future.cancelled():
-            error = InferenceTimeout(f"inference did not finish within {timeout:g} s")
-        elif (exc := future.exception()) is not None:
-            if isinstance(exc, ServiceError):
-                error = exc
+        if exception is not None:
+            if isinstance(exception, ServiceError):
+                error = exception
             else:
-                log.error("unexpected error", exc_info=exc, extra=fields(request_id=cycle.request_id.decode()))
+                log.error("unexpected error", exc_info=exception, extra=fields(request_id=cycle.request_id.decode()))
                 error = ServiceError("internal server error")
-        if error is None:
-            status, body = 200, future.result()
-        else:
             status, body = error.status, error.body()
         protocol = cycle.protocol
         if self.app.stopping.is_set():
@@ -188,13 +204,19 @@ class FastLane:
             if not cycle.keep_alive:
                 head.append(b"connection: close\r\n")
             head += [b"\r\n", body]
-            protocol.transport.write(b"".join(head))
+            protocol.transport.write_now(b"".join(head))
             if not cycle.keep_alive:
                 protocol.transport.close()
         self.app.log_request(cycle.request_id, "POST", cycle.path, status, cycle.started, len(body), error)
         protocol.on_response_complete()
 
 
-def _time_out(future: asyncio.Future[bytes]) -> None:
-    """The request timeout: its 504 now (the batch answering later finds the future done)."""
-    future.cancel()
+def _settle(cycle: FastCycle, future: asyncio.Future[bytes]) -> None:
+    """The inference thread's answer (a model without batches), unless the timeout answered first."""
+    if future.cancelled():
+        return
+    exception = future.exception()
+    if exception is None:
+        cycle.set_result(future.result())
+    else:
+        cycle.set_exception(exception)
