@@ -1,9 +1,10 @@
 #!/bin/sh
 # CI's second stage (`make image-check`, run by .ci/run): the real MNIST image, built offline with
 # podman on a base made from Debian packages alone, must pass `maserve check --image` with the
-# default 60 s grace; so must an online build (dependencies from the index inside the build), and the
-# --batch variant must have java and zip, pass the checks with --batch and run a `maserve batch
-# --image` job (tests/test_batch_image.py).
+# default 60 s grace, and so must an online build (dependencies from the index inside the build); a
+# rebuild with one requirement more must install it (not reuse the first build's venv layer from
+# the cache); the --batch variant must have java and zip, pass the checks with --batch and run a
+# `maserve batch --image` job (tests/test_batch_image.py).
 #
 # Needs podman (with the settings of image/podman-env.sh on machines like ours: sourced here when
 # CONTAINERS_CONF is unset), debootstrap and root for the base image. Leaves the MNIST image
@@ -16,6 +17,7 @@ base=${MASERVE_TEST_BASE:-localhost/debian-python:bookworm}
 image=${MASERVE_TEST_IMAGE:-maserve-mnist:check}
 batch_image=${image%:*}:batch-check
 online_image=${image%:*}:online-check
+changed_image=${image%:*}:changed-check
 mirror=${MASERVE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 if [ -z "${CONTAINERS_CONF:-}" ]; then . image/podman-env.sh /tmp/maserve-podman; fi
 
@@ -39,6 +41,17 @@ podman run --rm --user 0 --entrypoint sh "$image" -c \
 
 step "maserve check --image $image (default 60 s grace)"
 "$maserve" check --image "$image" --engine podman --config examples/mnist
+
+step "a changed requirement rebuilds the venv layer, not reused from the cache: $changed_image"
+# The same Dockerfile, arguments and base as $image, one requirement more: a bind mount is not
+# part of the build cache's key, so only the COPYed wheels.sha256 tells the engine that wheels/ changed.
+changed=$(mktemp -d)
+cp -r examples/mnist "$changed/mnist"
+echo "six==1.17.0" > "$changed/mnist/requirements.txt"
+"$maserve" build "$changed/mnist" --offline --engine podman --base-image "$base" --tag "$changed_image"
+podman run --rm --entrypoint /opt/venv/bin/python "$changed_image" -c 'import six; print("six", six.__version__, "installed")'
+podman rmi "$changed_image" >/dev/null
+rm -rf "$changed"
 
 step "online build (dependencies from the index inside the build) $online_image"
 "$maserve" build examples/mnist --engine podman --base-image "$base" --tag "$online_image"

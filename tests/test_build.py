@@ -38,7 +38,7 @@ def online_context(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_context_holds_the_image_files_and_the_model_without_training_files(online_context: Path) -> None:
     assert sorted(p.name for p in online_context.iterdir()) == [".dockerignore", "Dockerfile", "model", "run.sh",
-                                                                 "wheels"]
+                                                                 "wheels", "wheels.sha256"]
     assert (online_context / "Dockerfile").read_bytes() == (ROOT / "src/maserve/image/Dockerfile").read_bytes()
     assert (online_context / "run.sh").read_bytes() == (ROOT / "image/run.sh").read_bytes()
     assert _mode(online_context / "run.sh") == 0o755
@@ -48,8 +48,22 @@ def test_context_holds_the_image_files_and_the_model_without_training_files(onli
     assert {_mode(p) for p in model.iterdir()} == {0o644}  # readable by ma-user, owned by root in the image
     dockerfile = (online_context / "Dockerfile").read_text()
     assert 'CMD ["sh", "/home/run.sh"]' in dockerfile and "USER 1000:100" in dockerfile
-    assert "--mount=type=bind,source=wheels" in dockerfile and "COPY wheels" not in dockerfile
+    assert "--mount=type=bind,source=wheels" in dockerfile and "COPY wheels/" not in dockerfile and "COPY wheels " not in dockerfile
     assert not dockerfile.startswith("# syntax=")  # a frontend pulled from Docker Hub breaks air-gapped builds
+
+
+def test_the_venv_layer_is_keyed_on_the_wheels_content(online_context: Path) -> None:
+    # A bind mount is not part of the build cache's key: the manifest, COPYed before the RUN that
+    # installs from wheels/, is. Every file of wheels/ is in it with its sha256, as sha256sum checks.
+    done = subprocess.run(["sha256sum", "--check", "--strict", str(online_context / "wheels.sha256")],
+                          cwd=online_context / "wheels", capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    listed = sorted(line.split("  ", 1)[1] for line in (online_context / "wheels.sha256").read_text().splitlines())
+    assert listed == sorted(p.name for p in (online_context / "wheels").iterdir())
+    dockerfile = (online_context / "Dockerfile").read_text()
+    copy = dockerfile.index("COPY wheels.sha256 ")
+    assert copy < dockerfile.index("RUN --mount=type=bind,source=wheels")
+    assert "!wheels.sha256" in (online_context / ".dockerignore").read_text().splitlines()
 
 
 def test_online_context_carries_only_maserve_whose_wheel_is_complete(online_context: Path) -> None:

@@ -11,6 +11,7 @@ needs no package index at all.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import importlib.metadata
 import os
 import platform
@@ -46,7 +47,12 @@ REQUIREMENTS = "requirements.txt"  # in wheels/: the model's own pip requirement
 RESTRAINT_OPERATORS = {"EXACT": "==", "ATLEAST": ">=", "ATMOST": "<="}
 # Never part of an image: caches, VCS and venvs, and samples/ (the checker's inputs and answers).
 ALWAYS_IGNORED = ("__pycache__", "*.pyc", "*.pyo", ".git", ".venv*", ".DS_Store", "samples", IGNORE_FILE)
-CONTEXT_DOCKERIGNORE = "*\n!Dockerfile\n!run.sh\n!model\n!wheels\n"
+# wheels/ by content, in sha256sum's format, COPYed into the image before the RUN that installs
+# from the bind-mounted wheels/: a COPY's content is part of the build cache's key and a bind
+# mount's is not, so without it a changed requirement or wheel reuses the venv layer of an earlier
+# build (seen with podman/buildah: a CUDA 12 build came out with the CUDA 13 venv of the build before).
+WHEELS_MANIFEST = "wheels.sha256"
+CONTEXT_DOCKERIGNORE = f"*\n!Dockerfile\n!run.sh\n!model\n!wheels\n!{WHEELS_MANIFEST}\n"
 
 Say = Callable[[str], None]
 
@@ -145,9 +151,20 @@ def render_context(options: BuildOptions, context: Path, say: Say) -> None:
         if cert is not None:
             shutil.copyfile(cert, wheels / CA_BUNDLE)
             say(f"      CA bundle for the index: {cert} (bind-mounted with the wheels, never in a layer)")
+    write_manifest(wheels, context / WHEELS_MANIFEST)
     count = len(list(wheels.glob("*.whl")))
     say(f"      wheels/: {count} wheel{'' if count == 1 else 's'}, {_size_of(wheels) / 1e6:.1f} MB "
         "(bind-mounted, never in a layer)")
+
+
+def write_manifest(wheels: Path, manifest: Path) -> None:
+    """Every file of `wheels` with its sha256, sorted by name, as `sha256sum` writes them."""
+    lines = []
+    for path in sorted(p for p in wheels.rglob("*") if p.is_file()):
+        with path.open("rb") as file:
+            digest = hashlib.file_digest(file, "sha256").hexdigest()
+        lines.append(f"{digest}  {path.relative_to(wheels).as_posix()}\n")
+    manifest.write_text("".join(lines))
 
 
 def _check_model_dir(model_dir: Path) -> dict[str, Any]:
