@@ -204,7 +204,7 @@ class FastLane:
             if not cycle.keep_alive:
                 head.append(b"connection: close\r\n")
             head += [b"\r\n", body]
-            protocol.transport.write_now(b"".join(head))
+            protocol.transport.write(b"".join(head))
             if not cycle.keep_alive:
                 protocol.transport.close()
         self.app.log_request(cycle.request_id, "POST", cycle.path, status, cycle.started, len(body), error)

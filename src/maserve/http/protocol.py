@@ -49,14 +49,6 @@ class _OneWriteTransport:
         if data and not self._transport.is_closing():  # a client gone meanwhile: nothing to send
             self._transport.write(data)
 
-    def write_now(self, data: bytes) -> None:
-        """Write a whole answer at once (the short lane's: nothing to join it with), unless parts
-        of an earlier one wait: then after them, at the iteration's end."""
-        if self._parts:
-            self.write(data)
-        elif not self._transport.is_closing():
-            self._transport.write(data)
-
     def close(self) -> None:
         self._send()
         self._transport.close()
