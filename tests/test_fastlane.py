@@ -145,6 +145,27 @@ def test_the_request_timeout_answers_504_and_the_worker_goes_on(server) -> None:
     assert server.wait_log(lambda r: r.get("request_id") == "slow-1" and r.get("status") == 504)
 
 
+def test_a_batch_ending_after_its_504_sends_and_logs_nothing_more(server) -> None:
+    """The request timeout answers while the batch runs on; the batch's own answer, when it comes,
+    is dropped: nothing more arrives on the connection, its next reply is the next request's, and
+    the timed-out request has one access line."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(post({"numbers": [0], "sleep": 0.1}))  # over 20 ms: the next batch runs in the thread
+        assert read_replies(sock, 1)[0][0] == b"HTTP/1.1 200 OK"
+        sock.sendall(post({"numbers": [1], "sleep": 1.0}, "X-Request-Id: late-1"))
+        assert read_replies(sock, 1)[0][0] == b"HTTP/1.1 504 Gateway Timeout"
+        time.sleep(1.0)  # the batch ends meanwhile
+        sock.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            stray = sock.recv(65536)
+            pytest.fail(f"bytes after the 504: {stray!r}")
+        sock.sendall(post({"numbers": [2, 3]}, "X-Request-Id: after-late"))
+        status, _, body = read_replies(sock, 1)[0]
+    assert status == b"HTTP/1.1 200 OK" and json.loads(body)["sum"] == 5
+    assert server.wait_log(lambda r: r.get("request_id") == "after-late")
+    assert [r["status"] for r in server.log_records() if r.get("request_id") == "late-1"] == [504]
+
+
 def test_a_stalled_body_gets_408_and_a_cut_one_logs_499(server) -> None:
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(post(b'{"numbers": [1]}', "X-Request-Id: stall-1")[:-5])  # five bytes short, then nothing
