@@ -88,10 +88,10 @@ class FastCycle:
         return self.response_complete
 
     def set_result(self, body: bytes) -> None:
-        self.protocol.fast_lane.answer(self, 200, body, None)
+        self.protocol.fast_lane.answer(self, body, None)
 
     def set_exception(self, exception: BaseException) -> None:
-        self.protocol.fast_lane.answer(self, 0, b"", exception)
+        self.protocol.fast_lane.answer(self, b"", exception)
 
 
 class FastLane:
@@ -167,21 +167,22 @@ class FastLane:
     def _time_out(self, cycle: FastCycle, timeout: float) -> None:
         """The request timeout: its 504 now (the batch or thread answering later finds it done)."""
         cycle.timer = None
-        self.answer(cycle, 0, b"", InferenceTimeout(f"inference did not finish within {timeout:g} s"))
+        self.answer(cycle, b"", InferenceTimeout(f"inference did not finish within {timeout:g} s"))
 
-    def answer(self, cycle: FastCycle, status: int, body: bytes, exception: BaseException | None) -> None:
-        """Answer `cycle` with `body` (status 200) or for `exception`, once: later calls are dropped."""
+    def answer(self, cycle: FastCycle, body: bytes, exception: BaseException | None) -> None:
+        """Answer `cycle`: 200 with `body`, or the error for `exception`; once (later calls are dropped)."""
         if cycle.response_complete:
             return
         if cycle.timer is not None:
             cycle.timer.cancel()
         try:
-            self._reply(cycle, status, body, exception)
+            self._reply(cycle, body, exception)
         except Exception:  # a bug here must not leave the client waiting on an open connection
             log.exception("unexpected error answering a request", extra=fields(request_id=cycle.request_id.decode()))
             cycle.protocol.transport.close()
 
-    def _reply(self, cycle: FastCycle, status: int, body: bytes, exception: BaseException | None) -> None:
+    def _reply(self, cycle: FastCycle, body: bytes, exception: BaseException | None) -> None:
+        status = 200
         error: ServiceError | None = None
         if exception is not None:
             if isinstance(exception, ServiceError):
@@ -212,7 +213,8 @@ class FastLane:
 
 
 def _settle(cycle: FastCycle, future: asyncio.Future[bytes]) -> None:
-    """The inference thread's answer (a model without batches), unless the timeout answered first."""
+    """The inference thread's answer (a model without batches), unless the timeout answered first.
+    Only a stopping executor cancels its futures: the request timeout's 504 then answers."""
     if future.cancelled():
         return
     exception = future.exception()
