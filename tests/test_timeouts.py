@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import time
@@ -13,7 +14,7 @@ from helpers import FIXTURE_MODELS, start_server
 
 HOG_DIR = FIXTURE_MODELS / "hog"
 ENV = {"MASERVE_WORKERS": "1", "MASERVE_HEADER_TIMEOUT_SECONDS": "2", "MASERVE_BODY_TIMEOUT_SECONDS": "3",
-       "MASERVE_SEND_TIMEOUT_SECONDS": "2"}
+       "MASERVE_SEND_TIMEOUT_SECONDS": "2", "MASERVE_KEEPALIVE_SECONDS": "4"}
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +95,35 @@ def test_a_client_that_never_reads_its_answer_is_dropped(server):
         assert received < 40_000_000
     finally:
         sock.close()
+
+
+def seconds_until_closed(sock: socket.socket, since: float, limit: float = 15) -> float:
+    """Wait for the server to close `sock` (nothing else arrives): seconds from `since`."""
+    sock.settimeout(limit)
+    assert sock.recv(1) == b""
+    return time.monotonic() - since
+
+
+def test_idle_connections_are_closed_at_the_keep_alive_limit_and_not_before(server):
+    """MASERVE_KEEPALIVE_SECONDS (4 here): a keep-alive connection idle after its answer, and one
+    that never sent a byte, are closed once idle that long (found by the once-a-second sweep)."""
+    silent = socket.create_connection(("127.0.0.1", server.port))
+    opened = time.monotonic()
+    client = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        for _ in range(2):  # the connection is kept alive between answers
+            client.request("POST", "/", b'{"megabytes": 0}', {"Content-Type": "application/json"})
+            response = client.getresponse()
+            assert response.status == 200 and json.loads(response.read())["allocated"] == 0
+            assert response.getheader("connection") != "close"
+        answered = time.monotonic()
+        assert client.sock is not None
+        assert 3.5 < seconds_until_closed(client.sock, answered) < 7
+        assert 3.5 < seconds_until_closed(silent, opened) < 7
+    finally:
+        client.close()
+        silent.close()
+    assert healthy(server)
 
 
 def test_bytes_that_are_not_http_get_a_json_400_and_close(server):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
@@ -27,7 +28,6 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 from maserve.decode import check_content_type
 from maserve.errors import InferenceTimeout, RequestTimeout, ServiceError
 from maserve.http.batcher import INLINE_MAX_BODY_BYTES, Job
-from maserve.http.body import BODY_TIMEOUT_STATE
 from maserve.http.calls import Route, predict_one
 from maserve.logs import fields
 
@@ -47,7 +47,7 @@ class FastCycle:
     so that its batch answers it directly."""
 
     __slots__ = ("route", "path", "boundary", "request_id", "started", "parts", "keep_alive", "response_started",
-                 "response_complete", "disconnected", "dispatched", "protocol", "more_body", "body", "timer")
+                 "response_complete", "disconnected", "dispatched", "protocol", "more_body", "body")
 
     def __init__(self, protocol: Any, route: Route, path: str, boundary: bytes | None, request_id: bytes,
                  started: float, keep_alive: bool) -> None:
@@ -62,7 +62,6 @@ class FastCycle:
         self.response_started = self.response_complete = self.disconnected = self.dispatched = False
         self.more_body = True
         self.body = b""  # uvicorn's on_body is never reached for this cycle (the protocol keeps `parts`)
-        self.timer: asyncio.TimerHandle | None = None  # the request timeout's 504, once dispatched
 
     @property
     def message_event(self) -> FastCycle:
@@ -73,7 +72,7 @@ class FastCycle:
         normal path logs it (499, or the 408 the protocol answered), and leaves the in-flight count."""
         if self.disconnected and not self.dispatched and not self.response_complete:
             self.response_complete = True
-            timed_out = self.protocol.scope.get("state", {}).get(BODY_TIMEOUT_STATE)
+            timed_out = self.protocol.body_timed_out
             lane: FastLane = self.protocol.fast_lane
             lane.finished(self)
             lane.app.log_request(self.request_id, "POST", self.path, 499 if timed_out is None else 408, self.started,
@@ -95,10 +94,21 @@ class FastCycle:
 
 
 class FastLane:
-    """The lane of one worker's app; `take` decides per request, `dispatch` runs it."""
+    """The lane of one worker's app; `take` decides per request, `dispatch` runs it.
+
+    The request timeout is one timer for the whole lane, not one per request: every request
+    gets the same timeout, so their deadlines come in the order they were dispatched, and a
+    queue of (deadline, request) with a timer at its head's deadline answers each 504 on time.
+    Answered requests leave the queue from its head as new ones come (they finish about in
+    order: one batch queue), and all at once should a slow one hold the head (PRUNE_AT)."""
+
+    PRUNE_AT = 4096  # queued deadlines past which answered requests behind the head are dropped
 
     def __init__(self, app: MaserveApp) -> None:
         self.app = app
+        self._deadlines: deque[tuple[float, FastCycle]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._prune_at = self.PRUNE_AT
 
     def take(self, protocol: Any) -> FastCycle | None:
         """A FastCycle for the request whose headers `protocol` just parsed, or None (the ASGI way)."""
@@ -156,25 +166,44 @@ class FastLane:
         cycle.parts = []
         app = self.app
         loop = cycle.protocol.loop
-        timeout = app.settings.request_timeout_seconds
-        cycle.timer = loop.call_at(loop.time() + timeout, self._time_out, cycle, timeout)
+        self._watch(loop, cycle)
         if app.batcher is not None:
             app.batcher.add(loop, Job(cycle.route, body, cycle.boundary, cycle))
             return
         future = loop.run_in_executor(app.executor, predict_one, app.model, cycle.route, body, cycle.boundary)
         future.add_done_callback(lambda done: _settle(cycle, done))
 
-    def _time_out(self, cycle: FastCycle, timeout: float) -> None:
-        """The request timeout: its 504 now (the batch or thread answering later finds it done)."""
-        cycle.timer = None
-        self.answer(cycle, b"", InferenceTimeout(f"inference did not finish within {timeout:g} s"))
+    def _watch(self, loop: asyncio.AbstractEventLoop, cycle: FastCycle) -> None:
+        """Queue `cycle`'s deadline (the request timeout from now), arming the timer if none is."""
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][1].response_complete:
+            deadlines.popleft()
+        if len(deadlines) >= self._prune_at:  # a slow request at the head: drop the answered ones behind it
+            self._deadlines = deadlines = deque(item for item in deadlines if not item[1].response_complete)
+            self._prune_at = max(self.PRUNE_AT, 2 * len(deadlines))
+        deadline = loop.time() + self.app.settings.request_timeout_seconds
+        deadlines.append((deadline, cycle))
+        if self._timer is None:
+            self._timer = loop.call_at(deadline, self._time_out, loop)
+
+    def _time_out(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The request timeout: a 504 now for each request past its deadline (the batch or thread
+        answering later finds it done), then the timer at the next deadline."""
+        self._timer = None
+        deadlines = self._deadlines
+        now = loop.time()
+        timeout = self.app.settings.request_timeout_seconds
+        while deadlines and (deadlines[0][1].response_complete or deadlines[0][0] <= now):
+            _, cycle = deadlines.popleft()
+            if not cycle.response_complete:
+                self.answer(cycle, b"", InferenceTimeout(f"inference did not finish within {timeout:g} s"))
+        if deadlines:
+            self._timer = loop.call_at(deadlines[0][0], self._time_out, loop)
 
     def answer(self, cycle: FastCycle, body: bytes, exception: BaseException | None) -> None:
         """Answer `cycle`: 200 with `body`, or the error for `exception`; once (later calls are dropped)."""
         if cycle.response_complete:
             return
-        if cycle.timer is not None:
-            cycle.timer.cancel()
         try:
             self._reply(cycle, body, exception)
         except Exception:  # a bug here must not leave the client waiting on an open connection

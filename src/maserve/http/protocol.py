@@ -32,29 +32,69 @@ SWEEP_SECONDS = 1.0
 class _OneWriteTransport:
     """A transport that sends what one loop iteration writes with one write: uvicorn writes a
     response's head and body separately, two system calls and two wake-ups of the client per
-    request; together they cost about 4% of maserve's throughput on a small model (bench/)."""
+    request; together they cost about 4% of maserve's throughput on a small model (bench/).
+    One loop callback per iteration sends every connection's writes (`_Outbox`), not one per
+    connection: a batch's 30 answers go out in one callback. The calls uvicorn and maserve make
+    per request are methods here, not `__getattr__` lookups."""
 
-    def __init__(self, transport: asyncio.Transport) -> None:
+    __slots__ = ("_transport", "_parts", "_outbox")
+
+    def __init__(self, transport: asyncio.Transport, outbox: "_Outbox") -> None:
         self._transport = transport
         self._parts: list[bytes] = []
+        self._outbox = outbox
 
     def write(self, data: bytes) -> None:
         if not self._parts:
-            asyncio.get_running_loop().call_soon(self._send)
+            self._outbox.add(self)
         self._parts.append(data)
 
-    def _send(self) -> None:
-        data = b"".join(self._parts)
-        self._parts.clear()
-        if data and not self._transport.is_closing():  # a client gone meanwhile: nothing to send
+    def send(self) -> None:
+        parts = self._parts
+        if not parts:
+            return
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        parts.clear()
+        if not self._transport.is_closing():  # a client gone meanwhile: nothing to send
             self._transport.write(data)
 
     def close(self) -> None:
-        self._send()
+        self.send()
         self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size()
+
+    def abort(self) -> None:
+        self._parts.clear()
+        self._transport.abort()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
+
+
+class _Outbox:
+    """The connections with writes waiting in this loop iteration, sent by one callback at its end."""
+
+    def __init__(self) -> None:
+        self._waiting: list[_OneWriteTransport] = []
+
+    def add(self, transport: _OneWriteTransport) -> None:
+        if not self._waiting:
+            asyncio.get_running_loop().call_soon(self._send)
+        self._waiting.append(transport)
+
+    def _send(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for transport in waiting:
+            try:
+                transport.send()
+            except Exception:  # one broken connection must not keep the others' answers back
+                log.exception("sending an answer failed")
+                transport.abort()
 
 
 def raw_reply(error: ServiceError, extra: tuple[bytes, ...] = ()) -> bytes:
@@ -89,9 +129,10 @@ class MaserveHttpProtocol(HttpToolsProtocol):
     publish: Callable[[int], None] | None = None
     on_connections_changed: Callable[[], None] | None = None  # the worker's accept balance (maserve.http.accept)
     fast_lane: FastLane | None = None  # the worker's short path for small requests (maserve.http.fastlane)
+    outbox = _Outbox()  # the worker's writes waiting for the end of the loop iteration
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(_OneWriteTransport(transport))  # type: ignore[arg-type]
+        super().connection_made(_OneWriteTransport(transport, self.outbox))  # type: ignore[arg-type]
         if self.on_connections_changed is not None:
             self.on_connections_changed()
         self._headers_since: float | None = None
@@ -99,6 +140,7 @@ class MaserveHttpProtocol(HttpToolsProtocol):
         self._body_bytes = 0
         self._unsent: tuple[int, float] | None = None  # write buffer size, and since when it is stuck
         self._over_cap = False
+        self._idle_since: float | None = None  # between requests: since when (the sweep's keep-alive limit)
         guard = self.guard
         if guard is None:
             return
@@ -117,8 +159,8 @@ class MaserveHttpProtocol(HttpToolsProtocol):
             self._over_cap = not room  # its request is refused (unless it is the health check)
         # A connection that sends nothing is idle from the start: it expires at the keep-alive
         # limit (uvicorn would hold it for good) and can make room for a newer one at the cap.
-        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
-        guard.mark_idle(self, self.loop.time())
+        self._idle_since = now = self.loop.time()
+        guard.mark_idle(self, now)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -133,7 +175,7 @@ class MaserveHttpProtocol(HttpToolsProtocol):
 
     def close_idle(self) -> bool:
         """Close this connection if it is idle between requests (the cap needs room)."""
-        if self.timeout_keep_alive_task is None or (self.cycle is not None and not self.cycle.response_complete):
+        if self._idle_since is None or (self.cycle is not None and not self.cycle.response_complete):
             return False
         self._unset_keepalive_if_required()
         self.transport.close()
@@ -163,7 +205,10 @@ class MaserveHttpProtocol(HttpToolsProtocol):
     def _end_body_late(self, message: str) -> None:
         """Answer 408 with `message` and close; the app sees the client go and logs the request as
         this 408 (maserve.app reads the message from the scope's state)."""
-        self.scope["state"][BODY_TIMEOUT_STATE] = message
+        if type(self.cycle) is FastCycle:
+            self.body_timed_out = message  # the lane logs it (FastCycle.set)
+        else:
+            self.scope["state"][BODY_TIMEOUT_STATE] = message
         self.transport.write(raw_reply(RequestTimeout(message)))
         self.transport.close()
 
@@ -171,14 +216,31 @@ class MaserveHttpProtocol(HttpToolsProtocol):
         return self._body_bytes
 
     def _unset_keepalive_if_required(self) -> None:
-        super()._unset_keepalive_if_required()
-        if self.guard is not None:
-            self.guard.mark_busy(self)
+        super()._unset_keepalive_if_required()  # uvicorn's timer, armed only without a guard
+        if self._idle_since is not None:
+            self._idle_since = None
+            if self.guard is not None:
+                self.guard.mark_busy(self)
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if self.timeout_keep_alive_task is not None and self.guard is not None:
-            self.guard.mark_idle(self, self.loop.time())
+        """uvicorn's, less its keep-alive timer: with a guard, the once-a-second sweep closes a
+        connection idle for the keep-alive limit (check_stalled), instead of a timer made and
+        cancelled per request."""
+        guard = self.guard
+        if guard is None:
+            super().on_response_complete()
+            return
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._unset_keepalive_if_required()
+        self.flow.resume_reading()
+        if self.pipeline:  # a pipelined request waited for this answer
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = now = self.loop.time()
+        guard.mark_idle(self, now)
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn answers an unparsable request in text/plain; clients here get JSON like every error."""
@@ -188,7 +250,13 @@ class MaserveHttpProtocol(HttpToolsProtocol):
 
     # -- the request ----------------------------------------------------------------------------
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        """uvicorn's, less the ASGI scope: made in on_headers_complete for a request that goes the
+        ASGI way, none for the short lane's."""
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+        self.scope = None  # type: ignore[assignment]
+        self.body_timed_out: str | None = None
         self._headers_since = now = self.loop.time()
         if self.guard is not None:
             self.guard.headers_started(self, now)
@@ -206,9 +274,14 @@ class MaserveHttpProtocol(HttpToolsProtocol):
             if self._over_cap or (len(self.tasks) >= guard.limits.max_in_flight and not guard.make_request_room(
                     len(self.connections), len(self.tasks), now)):
                 refusal = self._refusal(guard)
+        if refusal is None and self.fast_lane is not None and self.fast_lane.take(self) is not None:
+            return
+        url, headers, expect = self.url, self.headers, self.expect_100_continue
+        super().on_message_begin()  # the scope, as uvicorn makes it, for what was parsed
+        self.url, self.headers, self.expect_100_continue = url, headers, expect
+        self.scope["headers"] = headers
         if refusal is None:
-            if self.fast_lane is None or self.fast_lane.take(self) is None:
-                super().on_headers_complete()
+            super().on_headers_complete()
             return
         app, self.app = self.app, refusal
         try:
@@ -263,8 +336,13 @@ class MaserveHttpProtocol(HttpToolsProtocol):
 
     # -- the sweep ------------------------------------------------------------------------------
     def check_stalled(self, now: float, guard: Guard) -> None:
-        """Close the connection if its headers are overdue or its client reads nothing."""
+        """Close the connection if it sat idle for the keep-alive limit, its headers are overdue,
+        or its client reads nothing."""
         if self.transport.is_closing():
+            return
+        idle = self._idle_since
+        if idle is not None and now - idle >= self.timeout_keep_alive:
+            self.timeout_keep_alive_handler()
             return
         since = self._headers_since
         if since is not None and now - since >= guard.limits.header_timeout:
