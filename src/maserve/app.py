@@ -371,7 +371,7 @@ class MaserveApp:
 
     def checked_request_id(self, given: bytes) -> bytes:
         """The caller's id when it is safe to log (short, printable), else a new one."""
-        return given if _REQUEST_ID.fullmatch(given) else self._new_request_id()
+        return given if given and _REQUEST_ID.fullmatch(given) else self._new_request_id()
 
     async def wait_ready(self) -> bool:
         """Wait (up to the request timeout) for this worker's model; False if it is still loading."""
