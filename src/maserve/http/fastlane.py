@@ -109,6 +109,8 @@ class FastLane:
         self._deadlines: deque[tuple[float, FastCycle]] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._prune_at = self.PRUNE_AT
+        self._defaults: list[tuple[bytes, bytes]] | None = None  # the server's default headers, and as bytes
+        self._default_head = b""
 
     def take(self, protocol: Any) -> FastCycle | None:
         """A FastCycle for the request whose headers `protocol` just parsed, or None (the ASGI way)."""
@@ -226,15 +228,14 @@ class FastLane:
         cycle.response_started = cycle.response_complete = True
         self.finished(cycle)
         if not protocol.transport.is_closing():
-            head = [STATUS_LINE[status]]
-            for name, value in protocol.server_state.default_headers:
-                head += [name, b": ", value, b"\r\n"]
-            head += [_CONTENT_TYPE, b"x-request-id: ", cycle.request_id, b"\r\ncontent-length: ",
-                     str(len(body)).encode(), b"\r\n"]
-            if not cycle.keep_alive:
-                head.append(b"connection: close\r\n")
-            head += [b"\r\n", body]
-            protocol.transport.write(b"".join(head))
+            defaults = protocol.server_state.default_headers
+            if defaults is not self._defaults:  # uvicorn's tick makes a new list each second (its date)
+                self._defaults = defaults
+                self._default_head = b"".join(name + b": " + value + b"\r\n" for name, value in defaults)
+            close = b"" if cycle.keep_alive else b"connection: close\r\n"
+            protocol.transport.write(b"".join((
+                STATUS_LINE[status], self._default_head, _CONTENT_TYPE, b"x-request-id: ", cycle.request_id,
+                b"\r\ncontent-length: ", b"%d\r\n" % len(body), close, b"\r\n", body)))
             if not cycle.keep_alive:
                 protocol.transport.close()
         self.app.log_request(cycle.request_id, "POST", cycle.path, status, cycle.started, len(body), error)

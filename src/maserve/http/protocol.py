@@ -137,6 +137,8 @@ class MaserveHttpProtocol(HttpToolsProtocol):
             self.on_connections_changed()
         self._headers_since: float | None = None
         self._body_since: float | None = None
+        self._headers_listed = self._body_listed = False  # in the guard's lists of what is still arriving
+        self._read_at = 0.0  # when the current read began (loop time)
         self._body_bytes = 0
         self._unsent: tuple[int, float] | None = None  # write buffer size, and since when it is stuck
         self._over_cap = False
@@ -249,6 +251,24 @@ class MaserveHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
     # -- the request ----------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        """uvicorn's, then what is still arriving goes into the guard's lists (oldest first, for
+        the caps to find a slowloris or a stalled upload): a request whose headers and body came
+        in this one read, as nearly all do, is never listed."""
+        self._read_at = self.loop.time()
+        super().data_received(data)
+        guard = self.guard
+        if guard is None:
+            return
+        if self._headers_since is not None:
+            if not self._headers_listed:
+                guard.headers_started(self, self._headers_since)
+                self._headers_listed = True
+        elif self._body_since is not None and not self._body_listed and (
+                self.cycle is not None and not self.cycle.response_complete):  # not a WebSocket's upgrade
+            guard.body_started(self, self._body_since)
+            self._body_listed = True
+
     def on_message_begin(self) -> None:
         """uvicorn's, less the ASGI scope: made in on_headers_complete for a request that goes the
         ASGI way, none for the short lane's."""
@@ -257,20 +277,18 @@ class MaserveHttpProtocol(HttpToolsProtocol):
         self.headers = []
         self.scope = None  # type: ignore[assignment]
         self.body_timed_out: str | None = None
-        self._headers_since = now = self.loop.time()
-        if self.guard is not None:
-            self.guard.headers_started(self, now)
+        self._headers_since = self._read_at
 
     def on_headers_complete(self) -> None:
         self._headers_since = None
-        if self.guard is not None:
-            self.guard.headers_done(self)
-        self._body_since = now = self.loop.time()  # until on_message_complete (at once for a GET)
-        self._body_bytes = 0
         guard = self.guard
+        if self._headers_listed and guard is not None:
+            guard.headers_done(self)
+            self._headers_listed = False
+        self._body_since = now = self._read_at  # until on_message_complete (at once for a GET)
+        self._body_bytes = 0
         refusal = None
         if guard is not None:
-            guard.body_started(self, now)
             if self._over_cap or (len(self.tasks) >= guard.limits.max_in_flight and not guard.make_request_room(
                     len(self.connections), len(self.tasks), now)):
                 refusal = self._refusal(guard)
@@ -299,8 +317,9 @@ class MaserveHttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._body_since = None
-        if self.guard is not None:
+        if self._body_listed and self.guard is not None:
             self.guard.body_done(self)
+            self._body_listed = False
         cycle = self.cycle
         if type(cycle) is FastCycle:
             if not cycle.dispatched and self.fast_lane is not None:
