@@ -39,7 +39,7 @@ VERSIONED_PACKAGES = (
 
 # Every server run.py knows, in the order they run. Ratios are always against maserve (and the
 # targets maserve/baseline).
-SERVERS = ("maserve", "maserve-h11", "starlette", "baseline", "floor-asgi", "floor-raw")
+SERVERS = ("maserve", "maserve-h11", "starlette", "baseline", "floor-asgi", "floor-raw", "floor-lane")
 DEFAULT_SERVERS = ("maserve", "baseline")
 # Python modules a server needs in the venv beyond gunicorn (checked before the run starts).
 SERVER_MODULES = {
@@ -49,6 +49,7 @@ SERVER_MODULES = {
     "baseline": ("flask", "gevent"),
     "floor-asgi": ("uvicorn_worker", "httptools", "uvloop"),
     "floor-raw": ("httptools", "uvloop"),
+    "floor-lane": ("maserve", "httptools", "uvloop"),
 }
 
 
@@ -141,6 +142,11 @@ def server_spec(name: str, venv_bin: Path, model_dir: Path, workers: int) -> Ser
         # No model, no ASGI: uvloop + httptools and a prebuilt reply (bench/floor_app.py).
         argv = [sys.executable, str(BENCH / "floor_app.py"), "--host", HOST, "--port", str(port),
                 "--workers", str(workers)]
+        env = {}
+    elif name == "floor-lane":
+        # maserve's batcher, model path and access line on a bare uvloop + httptools protocol (bench/floor_lane.py).
+        argv = [sys.executable, str(BENCH / "floor_lane.py"), "--host", HOST, "--port", str(port),
+                "--workers", str(workers), "--model-dir", str(model_dir)]
         env = {}
     else:  # pragma: no cover - parse_args only lets SERVERS through
         raise ValueError(name)
