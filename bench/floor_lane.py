@@ -7,10 +7,11 @@ DIR's config.json through maserve's own model path: its batcher (maserve.http.ba
 opportunistic batches, inline on the loop for a quick model), decode, `prepare`/`predict_batch`
 and encode, with maserve's headers (date, content-type, x-request-id, content-length) and its
 JSON access line a request (maserve.logs.IterationLog, written once per loop iteration to
-stdout). What it leaves out is what a server needs besides: uvicorn's protocol and its ASGI way,
-the guard's caps and timeouts, the request timeout's 504, metrics, the graceful stop, TLS and
-WebSocket. So maserve's CPU per request over this floor's is what those, and the way maserve
-reaches its lane through uvicorn's protocol, cost (bench/RESULTS.md, "A lane on a bare protocol").
+stdout; FLOOR_LANE_ACCESS_LOG=0 leaves it out). What it leaves out is what a server needs
+besides: uvicorn's protocol and its ASGI way, the guard's caps and timeouts, the request
+timeout's 504, metrics, the graceful stop, TLS and WebSocket. So maserve's CPU per request over
+this floor's is what those cost, with the way maserve reaches its lane through uvicorn's protocol
+(bench/RESULTS.md, "A lane on a bare protocol").
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class _Worker:
         self.route = Route(api, RequestSchema(api), None)
         self.batcher = Batcher(self.model, ThreadPoolExecutor(2), 60.0)
         self.access = IterationLog(logging.getLogger(ACCESS_LOGGER))
+        self.access_lines = os.environ.get("FLOOR_LANE_ACCESS_LOG", "1") != "0"  # 0: what the access line costs
         self.prefix = os.urandom(8).hex().encode()
         self.count = 0
         self._second = -1
@@ -102,6 +104,8 @@ class _Answer:
                 b"" if self.keep_alive else b"connection: close\r\n", b"\r\n", body)))
             if not self.keep_alive:
                 protocol.transport.close()
+        if not worker.access_lines:
+            return
         seconds = time.perf_counter() - self.started
         worker.access.log(logging.INFO, "request", {
             "request_id": self.request_id.decode(), "method": "POST", "path": worker.route.api.url, "status": status,
