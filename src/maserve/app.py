@@ -91,7 +91,7 @@ class MaserveApp:
         self._routes: dict[str, dict[str, Route]] = {}
         self._request_id_prefix = uuid.uuid4().hex[:16].encode()
         self._request_count = 0
-        self._access_log = IterationLog(access_log)  # a line per request, logged once per loop iteration
+        self._access_log = IterationLog(access_log)  # a line per request, written together every 50 ms
         self._batcher: Batcher | None = None  # set once a batching model is loaded
         self._stream_executor: ThreadPoolExecutor | None = None  # made with the first stream
         self.drain = Drain()  # when running streams and WebSockets must end
