@@ -25,7 +25,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 ANSWER = b'{"mnist_result": 7}'
 HEALTH = b'{"health": "true"}'
@@ -109,19 +109,15 @@ def _serve(sock: socket.socket) -> None:
     uvloop.run(main())
 
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(description="floor-raw: the canned MNIST answer on uvloop + httptools")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--workers", type=int, default=2)
-    args = p.parse_args(argv)
-    sock = socket.create_server((args.host, args.port), backlog=2048)
+def serve_forked(host: str, port: int, workers: int, serve: Callable[[socket.socket], None]) -> int:
+    """`workers` forked processes running `serve` on one shared listening socket; SIGTERM stops them."""
+    sock = socket.create_server((host, port), backlog=2048)
     sock.setblocking(False)
     children = []
-    for _ in range(max(1, args.workers)):
+    for _ in range(max(1, workers)):
         pid = os.fork()
         if pid == 0:
-            _serve(sock)
+            serve(sock)
             os._exit(0)
         children.append(pid)
     signal.signal(signal.SIGTERM, lambda *_: [os.kill(pid, signal.SIGTERM) for pid in children])
@@ -133,6 +129,15 @@ def main(argv: list[str]) -> int:
             except InterruptedError:
                 continue
     return 0
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description="floor-raw: the canned MNIST answer on uvloop + httptools")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args(argv)
+    return serve_forked(args.host, args.port, args.workers, _serve)
 
 
 if __name__ == "__main__":

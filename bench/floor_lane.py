@@ -30,6 +30,7 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
+from floor_app import serve_forked  # noqa: E402  (bench/, this script's folder)
 from maserve.decode import check_content_type
 from maserve.errors import ServiceError
 from maserve.http.batcher import Job
@@ -197,24 +198,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--model-dir", type=Path, required=True)
     args = p.parse_args(argv)
-    sock = socket.create_server((args.host, args.port), backlog=2048)
-    sock.setblocking(False)
-    children = []
-    for _ in range(max(1, args.workers)):
-        pid = os.fork()
-        if pid == 0:
-            _serve(sock, args.model_dir.resolve())
-            os._exit(0)
-        children.append(pid)
-    signal.signal(signal.SIGTERM, lambda *_: [os.kill(pid, signal.SIGTERM) for pid in children])
-    for pid in children:
-        while True:
-            try:
-                os.waitpid(pid, 0)
-                break
-            except InterruptedError:
-                continue
-    return 0
+    model_dir = args.model_dir.resolve()
+    return serve_forked(args.host, args.port, args.workers, lambda sock: _serve(sock, model_dir))
 
 
 if __name__ == "__main__":
